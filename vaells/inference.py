@@ -1,0 +1,272 @@
+"""Batched MAP inference of transport-operator coefficients (paper sec. 2.3, eq. 7; method notes 1.3).
+
+For P pairs (z0, z1) we solve, all at once,
+
+    c_hat = argmin_c  E(c),   E(c) = 1/2 ||z1 - T_Psi(c) z0||^2 + lambda ||c||_1.
+
+The pairs are every (sample, anchor, restart) triple of a training step, flattened into one tensor program;
+there is no Python loop over pairs. The solver is a proximal Levenberg-Marquardt method:
+
+* Jacobian. d/dc_m [T(c) z0] = L(A, Psi_m) z0, where L(A, E) is the Frechet derivative of expm at A in
+  direction E. ``transport.expm_frechet`` computes expm(A) and all M derivatives in one batched pass
+  (forward-mode scaling and squaring, equivalent to exponentiating [[A, Psi_m], [0, A]]); no autograd and
+  no eigendecomposition, which the release used and which is ill-conditioned exactly where training
+  starts, at A = 0 with repeated eigenvalues.
+* Step. With J (P, d, M) and r = T z0 - z1, minimise the composite model
+  g.delta + 1/2 delta^T (J^T J + mu I) delta + lambda ||c + delta||_1 by an orthant-wise Newton step
+  (Andrew & Gao 2007): minimum-norm pseudo-gradient of the L1 term, a Newton solve on the free coordinates,
+  then projection back onto the current orthant, so coefficients that cross zero land exactly on zero.
+* Damping. Nielsen's gain-ratio rule for mu; a step is taken only if E decreases, so E is monotone and a
+  non-finite trial point (expm overflow for huge coefficients) is simply rejected.
+* Each pair stops on its own (small step, no decrease, or ten rejections in a row) and leaves the working
+  set, so later iterations only pay for the pairs that still move.
+
+M is small (1 to 8 in the paper), so the M x M solves are cheap and the method converges quadratically near
+a minimum: typically in 5-15 iterations where scipy's CG in the authors' release takes its full 50.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vaells.transport import check_finite, expm, expm_frechet, generator_matrix
+
+#: The release's prior restarts: restart r draws c0 ~ U[-2.5 + 2.5 r, 2.5 r] (method notes 1.3).
+DEFAULT_RESTARTS: tuple[tuple[float, float], ...] = ((-2.5, 0.0), (0.0, 2.5))
+
+
+@dataclass
+class InferenceResult:
+    """Coefficients c (..., M), energies E(c) (...,) and iterations used (...,), all detached."""
+
+    c: Tensor
+    energy: Tensor
+    num_iters: Tensor
+
+
+def restart_inits(
+    batch_shape: Sequence[int] | torch.Size,
+    num_operators: int,
+    restarts: Sequence[Sequence[float]],
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Initial coefficients: restart r is uniform on [lo_r, hi_r]^M.  Returns (*batch_shape, R, M)."""
+    if len(restarts) < 1:
+        raise ValueError("restarts must name at least one (low, high) range")
+    bounds = torch.tensor([[float(lo), float(hi)] for lo, hi in restarts], dtype=dtype, device=device)  # (R, 2)
+    u = torch.rand(*batch_shape, len(restarts), num_operators, generator=generator, dtype=dtype, device=device)
+    lo, hi = bounds[:, :1], bounds[:, 1:]  # (R, 1) each
+    return lo + (hi - lo) * u
+
+
+def energy(psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float) -> Tensor:
+    """E(c) = 1/2 ||z1 - T(c) z0||^2 + lambda ||c||_1.  z0, z1 (..., d), c (..., M) -> (...,)."""
+    tz0 = (expm(generator_matrix(psi, c)) @ z0.to(psi.dtype).unsqueeze(-1)).squeeze(-1)
+    return 0.5 * (z1.to(psi.dtype) - tz0).pow(2).sum(-1) + l1_weight * c.to(psi.dtype).abs().sum(-1)
+
+
+def _evaluate(psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Energy (Q,), residual r = T z0 - z1 (Q, d) and Jacobian dr/dc (Q, d, M) at c (Q, M)."""
+    t, frechet = expm_frechet(generator_matrix(psi, c), psi)  # (Q, d, d), (Q, M, d, d)
+    r = (t @ z0.unsqueeze(-1)).squeeze(-1) - z1
+    jac = (frechet @ z0[:, None, :, None]).squeeze(-1).transpose(1, 2)  # (Q, d, M)
+    e = 0.5 * r.pow(2).sum(-1) + l1_weight * c.abs().sum(-1)
+    return e, r, jac
+
+
+def _soft(x: Tensor, t: float) -> Tensor:
+    return torch.sign(x) * (x.abs() - t).clamp_min(0.0)
+
+
+def _orthant_newton_step(c: Tensor, r: Tensor, jac: Tensor, mu: Tensor, l1_weight: float) -> tuple[Tensor, Tensor]:
+    """One damped orthant-wise Newton step.  Returns the trial point (Q, M) and its predicted decrease (Q,)."""
+    g = (jac.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1)  # (Q, M) gradient of the smooth part
+    h = jac.transpose(1, 2) @ jac  # (Q, M, M) Gauss-Newton Hessian
+    at_zero = c == 0
+    # Minimum-norm subgradient of E: the L1 term's slope where c != 0; a soft threshold where c == 0.
+    pg = torch.where(at_zero, _soft(g, l1_weight), g + l1_weight * torch.sign(c))
+    orthant = torch.where(at_zero, -torch.sign(pg), torch.sign(c))
+    free = (orthant != 0).to(c.dtype)  # coordinates pinned at zero stay out of the solve
+    eye = torch.eye(c.shape[-1], dtype=c.dtype, device=c.device)
+    lhs = h * free.unsqueeze(-1) * free.unsqueeze(-2) + eye * (mu[:, None, None] * free.unsqueeze(-1) + (1 - free).unsqueeze(-1))
+    delta = torch.linalg.solve_ex(lhs, (-pg * free).unsqueeze(-1))[0].squeeze(-1)
+    x = c + delta
+    x = torch.where(x * orthant < 0, torch.zeros_like(x), x)  # project onto the orthant
+    delta = x - c
+    quad = (delta.unsqueeze(-2) @ h @ delta.unsqueeze(-1)).reshape(-1)
+    predicted = -(g * delta).sum(-1) - 0.5 * quad + l1_weight * (c.abs().sum(-1) - x.abs().sum(-1))
+    return x, predicted
+
+
+@torch.no_grad()
+def infer_coefficients(
+    psi: Tensor,
+    z0: Tensor,
+    z1: Tensor,
+    *,
+    l1_weight: float = 1e-6,
+    restarts: Sequence[Sequence[float]] = DEFAULT_RESTARTS,
+    c_init: Tensor | None = None,
+    max_iter: int = 100,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+) -> InferenceResult:
+    """MAP coefficients c_hat(z0 -> z1) for a batch of pairs, with random restarts; the lowest energy wins.
+
+    Args:
+        psi: (M, d, d) dictionary.
+        z0, z1: (..., d) start and end points; broadcast against each other.
+        l1_weight: lambda >= 0.
+        restarts: R ranges (low, high); restart r starts from c0 ~ U[low_r, high_r]^M.
+        c_init: optional explicit starts, (..., M) or (..., R', M); used *instead of* ``restarts`` (give a
+            warm start together with random ones by concatenating ``restart_inits`` yourself).
+        max_iter: iteration cap per pair and restart.
+        generator: random generator for the restart draws.
+        dtype: the dtype to solve in; defaults to psi's (float64 in the project's default configuration).
+
+    Returns:
+        ``InferenceResult`` with c (..., M), energy (...,) and num_iters (...,) of the winning restart.
+
+    The returned coefficients are detached, and callers must treat them as constants. This is exact, not
+    an approximation: c_hat minimises E(c; psi, z0, z1), so dE/dc = 0 there (up to the L1 kink, where the
+    coefficient is pinned at zero and does not move), and by the envelope theorem the total derivative of
+    E(c_hat(theta); theta) with respect to psi, z0 or z1 equals the partial derivative at fixed c_hat.
+    """
+    m = psi.shape[0]
+    if psi.dim() != 3 or psi.shape[1] != psi.shape[2]:
+        raise ValueError(f"psi must have shape (M, d, d), got {tuple(psi.shape)}")
+    d = psi.shape[-1]
+    for name, z in (("z0", z0), ("z1", z1)):
+        if z.shape[-1:] != (d,):
+            raise ValueError(f"{name} must have shape (..., d={d}), got {tuple(z.shape)}")
+    if l1_weight < 0:
+        raise ValueError(f"l1_weight must be >= 0, got {l1_weight}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    check_finite("psi", psi)
+    check_finite("z0", z0)
+    check_finite("z1", z1)
+
+    dtype = dtype or psi.dtype
+    psi = psi.detach().to(dtype)
+    batch_shape = torch.broadcast_shapes(z0.shape[:-1], z1.shape[:-1])
+    if c_init is None:
+        c_init = restart_inits(batch_shape, m, restarts, generator=generator, dtype=dtype, device=psi.device)
+    else:
+        if c_init.shape[-1] != m:
+            raise ValueError(f"c_init must have shape (..., M={m}) or (..., R, M), got {tuple(c_init.shape)}")
+        check_finite("c_init", c_init)
+        c_init = c_init.detach().to(dtype)
+        if c_init.shape[:-1] == batch_shape:
+            c_init = c_init.unsqueeze(-2)
+        c_init = c_init.expand(*batch_shape, c_init.shape[-2], m)
+    num_restarts = c_init.shape[-2]
+
+    # Flatten (pair, restart) into Q independent problems.
+    z0q = z0.detach().to(dtype).expand(*batch_shape, d).unsqueeze(-2).expand(*batch_shape, num_restarts, d)
+    z1q = z1.detach().to(dtype).expand(*batch_shape, d).unsqueeze(-2).expand(*batch_shape, num_restarts, d)
+    z0q, z1q = z0q.reshape(-1, d), z1q.reshape(-1, d)
+    c = c_init.reshape(-1, m).clone()
+
+    solution = _solve(psi, z0q, z1q, c, l1_weight, max_iter)
+    c_all = solution.c.view(*batch_shape, num_restarts, m)
+    e_all = solution.energy.view(*batch_shape, num_restarts)
+    it_all = solution.num_iters.view(*batch_shape, num_restarts)
+    best = e_all.argmin(-1, keepdim=True)  # (..., 1)
+    return InferenceResult(
+        c=c_all.gather(-2, best.unsqueeze(-1).expand(*batch_shape, 1, m)).squeeze(-2),
+        energy=e_all.gather(-1, best).squeeze(-1),
+        num_iters=it_all.gather(-1, best).squeeze(-1),
+    )
+
+
+def _solve(psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float, max_iter: int) -> InferenceResult:
+    """Proximal Levenberg-Marquardt on Q flattened problems: z0, z1 (Q, d), c (Q, M) initial."""
+    q, m = c.shape
+    eps = torch.finfo(c.dtype).eps
+    xtol = eps**0.5  # relative step size at which a pair counts as converged
+
+    e, r, jac = _evaluate(psi, z0, z1, c, l1_weight)
+    bad = ~torch.isfinite(e) | ~torch.isfinite(jac).flatten(1).all(-1)
+    if bool(bad.any()):
+        # A start so large that expm overflows: restart that problem from c = 0, where T = I.
+        c = torch.where(bad.unsqueeze(-1), torch.zeros_like(c), c)
+        e, r, jac = _evaluate(psi, z0, z1, c, l1_weight)
+
+    out_c, out_e = c.clone(), e.clone()
+    out_it = torch.zeros(q, dtype=torch.long, device=c.device)
+    idx = torch.arange(q, device=c.device)  # original index of each working-set row
+    mu = 1e-3 * torch.diagonal(jac.transpose(1, 2) @ jac, dim1=-2, dim2=-1).amax(-1) + eps
+    nu = torch.full_like(mu, 2.0)
+    its = torch.zeros(q, dtype=torch.long, device=c.device)
+
+    for _ in range(max_iter):
+        x, predicted = _orthant_newton_step(c, r, jac, mu, l1_weight)
+        e_new, r_new, jac_new = _evaluate(psi, z0, z1, x, l1_weight)
+        accept = torch.isfinite(e_new) & (e_new < e)
+        rho = ((e - e_new) / predicted.clamp_min(eps * e.clamp_min(eps))).clamp(0.0, 1.0)
+        # Nielsen (1999): shrink mu smoothly with the gain ratio on success, grow it geometrically on failure.
+        mu = torch.where(accept, mu * torch.clamp(1 - (2 * rho - 1) ** 3, min=1 / 3), mu * nu)
+        nu = torch.where(accept, torch.full_like(nu, 2.0), nu * 2)
+        step = (x - c).abs().amax(-1)
+        small_step = step <= xtol * (c.abs().amax(-1) + xtol)
+        no_decrease = (e - e_new) <= 4 * eps * e
+        done = (accept & (small_step | no_decrease)) | (nu > 2.0**10) | (e <= eps * eps)
+        c = torch.where(accept.unsqueeze(-1), x, c)
+        e = torch.where(accept, e_new, e)
+        r = torch.where(accept.unsqueeze(-1), r_new, r)
+        jac = torch.where(accept[:, None, None], jac_new, jac)
+        its = its + 1
+        if bool(done.any()):
+            out_c[idx[done]], out_e[idx[done]], out_it[idx[done]] = c[done], e[done], its[done]
+            keep = ~done
+            idx, c, e, r, jac, mu, nu, its = (t[keep] for t in (idx, c, e, r, jac, mu, nu, its))
+            z0, z1 = z0[keep], z1[keep]
+            if idx.numel() == 0:
+                break
+    if idx.numel():
+        out_c[idx], out_e[idx], out_it[idx] = c, e, its
+    return InferenceResult(c=out_c, energy=out_e, num_iters=out_it)
+
+
+class CoefficientSolver:
+    """Configured coefficient inference, so that configs can hold it as data (``_target_``).
+
+    The posterior (mu -> z) and prior (anchor -> z) use different solvers: the release infers the
+    posterior with lambda_post = 1e-6 and one start in U(0, 1), and the prior with its own lambda_prior
+    and R restarts (method notes 1.3).
+    """
+
+    def __init__(
+        self,
+        l1_weight: float = 1e-6,
+        restarts: Sequence[Sequence[float]] = DEFAULT_RESTARTS,
+        max_iter: int = 100,
+        dtype: str | torch.dtype | None = None,
+    ) -> None:
+        if l1_weight < 0:
+            raise ValueError(f"l1_weight must be >= 0, got {l1_weight}")
+        if not restarts:
+            raise ValueError("restarts must name at least one (low, high) range")
+        self.l1_weight = float(l1_weight)
+        self.restarts = tuple((float(lo), float(hi)) for lo, hi in restarts)
+        self.max_iter = int(max_iter)
+        self.dtype = getattr(torch, dtype.removeprefix("torch.")) if isinstance(dtype, str) else dtype
+
+    def __call__(
+        self, psi: Tensor, z0: Tensor, z1: Tensor, c_init: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> InferenceResult:
+        return infer_coefficients(
+            psi, z0, z1, l1_weight=self.l1_weight, restarts=self.restarts, c_init=c_init,
+            max_iter=self.max_iter, generator=generator, dtype=self.dtype,
+        )
+
+    def __repr__(self) -> str:
+        return f"CoefficientSolver(l1_weight={self.l1_weight}, restarts={self.restarts}, max_iter={self.max_iter})"
