@@ -8,7 +8,7 @@ The pairs are every (sample, anchor, restart) triple of a training step, flatten
 there is no Python loop over pairs. The solver is a proximal Levenberg-Marquardt method:
 
 * Jacobian. d/dc_m [T(c) z0] = L(A, Psi_m) z0, where L(A, E) is the Frechet derivative of expm at A in
-  direction E. ``transport.expm_frechet`` computes expm(A) and all M derivatives in one batched pass
+  direction E. ``transport.expm_frechet_apply`` computes expm(A) z0 and all M derivatives in one batched pass
   (forward-mode scaling and squaring, equivalent to exponentiating [[A, Psi_m], [0, A]]); no autograd and
   no eigendecomposition, which the release used and which is ill-conditioned exactly where training
   starts, at A = 0 with repeated eigenvalues.
@@ -27,13 +27,14 @@ a minimum: typically in 5-15 iterations where scipy's CG in the authors' release
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from vaells.transport import check_finite, expm, expm_frechet, generator_matrix
+from vaells.transport import check_finite, expm, expm_frechet_apply, generator_matrix
 
 #: The release's prior restarts: restart r draws c0 ~ U[-2.5 + 2.5 r, 2.5 r] (method notes 1.3).
 DEFAULT_RESTARTS: tuple[tuple[float, float], ...] = ((-2.5, 0.0), (0.0, 2.5))
@@ -72,23 +73,38 @@ def energy(psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float) -> 
     return 0.5 * (z1.to(psi.dtype) - tz0).pow(2).sum(-1) + l1_weight * c.to(psi.dtype).abs().sum(-1)
 
 
-def _evaluate(psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Energy (Q,), residual r = T z0 - z1 (Q, d) and Jacobian dr/dc (Q, d, M) at c (Q, M)."""
-    t, frechet = expm_frechet(generator_matrix(psi, c), psi)  # (Q, d, d), (Q, M, d, d)
-    r = (t @ z0.unsqueeze(-1)).squeeze(-1) - z1
-    jac = (frechet @ z0[:, None, :, None]).squeeze(-1).transpose(1, 2)  # (Q, d, M)
+def _evaluate(
+    psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float, max_norm: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Energy (Q,), residual r = T z0 - z1 (Q, d) and Jacobian dr/dc (Q, d, M) at c (Q, M).
+
+    Points whose generator has ||A||_1 > max_norm get E = inf without being evaluated: expm there can grow
+    like e^max_norm, which no latent transport needs, and the cost of expm grows with the norm. The solver
+    rejects such trial points and shortens the step.
+    """
+    a = generator_matrix(psi, c)
+    too_big = ~(a.abs().sum(-2).amax(-1) <= max_norm)  # also catches NaN
+    a = torch.where(too_big[:, None, None], torch.zeros_like(a), a)
+    tz0, jac = expm_frechet_apply(a, psi, z0)  # (Q, d), (Q, d, M)
+    r = tz0 - z1
     e = 0.5 * r.pow(2).sum(-1) + l1_weight * c.abs().sum(-1)
-    return e, r, jac
+    return torch.where(too_big, torch.full_like(e, math.inf), e), r, jac
 
 
 def _soft(x: Tensor, t: float) -> Tensor:
     return torch.sign(x) * (x.abs() - t).clamp_min(0.0)
 
 
-def _orthant_newton_step(c: Tensor, r: Tensor, jac: Tensor, mu: Tensor, l1_weight: float) -> tuple[Tensor, Tensor]:
-    """One damped orthant-wise Newton step.  Returns the trial point (Q, M) and its predicted decrease (Q,)."""
-    g = (jac.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1)  # (Q, M) gradient of the smooth part
-    h = jac.transpose(1, 2) @ jac  # (Q, M, M) Gauss-Newton Hessian
+def _orthant_newton_step(
+    c: Tensor, g: Tensor, h: Tensor, mu: Tensor, l1_weight: float, psi: Tensor, max_step: float
+) -> tuple[Tensor, Tensor]:
+    """One damped orthant-wise Newton step on g.delta + 1/2 delta^T h delta + lambda ||c + delta||_1.
+
+    c, g (Q, M); h (Q, M, M); mu (Q,).  Returns the trial point (Q, M) and its predicted decrease (Q,).
+    The step is shortened so that the generator moves by at most ||sum_m delta_m Psi_m||_1 <= max_step:
+    a trust region in the units that matter to expm. Without it, M > d problems (whose J^T J is singular)
+    take huge null-space steps early on and wander to generators far larger than any solution needs.
+    """
     at_zero = c == 0
     # Minimum-norm subgradient of E: the L1 term's slope where c != 0; a soft threshold where c == 0.
     pg = torch.where(at_zero, _soft(g, l1_weight), g + l1_weight * torch.sign(c))
@@ -99,10 +115,61 @@ def _orthant_newton_step(c: Tensor, r: Tensor, jac: Tensor, mu: Tensor, l1_weigh
     delta = torch.linalg.solve_ex(lhs, (-pg * free).unsqueeze(-1))[0].squeeze(-1)
     x = c + delta
     x = torch.where(x * orthant < 0, torch.zeros_like(x), x)  # project onto the orthant
+    if c.shape[-1] > 1:
+        x = _lasso_sweeps(c, x, g, h + mu[:, None, None] * eye, l1_weight)
     delta = x - c
+    step_norm = generator_matrix(psi, delta).abs().sum(-2).amax(-1)  # (Q,)
+    delta = delta * (max_step / step_norm.clamp_min(max_step)).unsqueeze(-1)
+    x = c + delta
     quad = (delta.unsqueeze(-2) @ h @ delta.unsqueeze(-1)).reshape(-1)
     predicted = -(g * delta).sum(-1) - 0.5 * quad + l1_weight * (c.abs().sum(-1) - x.abs().sum(-1))
     return x, predicted
+
+
+def _lasso_sweeps(c: Tensor, x: Tensor, g: Tensor, h_mu: Tensor, l1_weight: float, sweeps: int = 3) -> Tensor:
+    """Coordinate descent on the damped model g.(x - c) + 1/2 (x - c)^T h_mu (x - c) + lambda ||x||_1.
+
+    The orthant-wise step keeps the signs it started with, so when M > d (J^T J singular: the residual can
+    be made zero along a whole manifold and only the L1 term chooses among its points) it creeps along the
+    manifold. Exact coordinate minimisation of the LASSO model moves coefficients onto and off zero and
+    finishes that choice in a few LM iterations instead of hundreds. Starts from the orthant step x.
+    """
+    v = (h_mu @ (x - c).unsqueeze(-1)).squeeze(-1)  # (Q, M) model gradient minus g
+    diag = torch.diagonal(h_mu, dim1=-2, dim2=-1)
+    convex = diag > 0  # the secant term can make the model indefinite; leave such coordinates alone
+    diag = torch.where(convex, diag, torch.ones_like(diag))
+    for _ in range(sweeps):
+        for j in range(c.shape[-1]):
+            grad_j = g[:, j] + v[:, j]
+            new = _soft(x[:, j] - grad_j / diag[:, j], l1_weight / diag[:, j])
+            new = torch.where(convex[:, j], new, x[:, j])
+            change = new - x[:, j]
+            x = x.clone()
+            x[:, j] = new
+            v = v + h_mu[:, :, j] * change.unsqueeze(-1)
+    return x
+
+
+def _secant_update(s: Tensor, delta: Tensor, y: Tensor, y_sharp: Tensor) -> Tensor:
+    """Dennis-Gay-Welsch structured secant update of the second-order term S of the Hessian (NL2SOL).
+
+    Gauss-Newton's J^T J misses sum_i r_i Hess(r_i), which dominates when the residual stays large (an
+    anchor whose orbit passes z at a distance): there GN converges only linearly. S estimates that term
+    from gradient differences: after the update, (J^T J + S) delta = y exactly along the last step.
+    s (Q, M, M); delta, y = g_new - g_old, y_sharp = (J_new - J_old)^T r_new, all (Q, M).
+    """
+    s_delta = (s @ delta.unsqueeze(-1)).squeeze(-1)
+    y_delta = (y * delta).sum(-1, keepdim=True)
+    # NL2SOL's sizing: shrink S when it overestimates the curvature along delta.
+    size = ((delta * y_sharp).sum(-1, keepdim=True).abs() / (delta * s_delta).sum(-1, keepdim=True).abs().clamp_min(1e-300)).clamp(max=1.0)
+    s = s * size.unsqueeze(-1)
+    w = y_sharp - size * s_delta
+    ok = y_delta > 1e-12 * (y.norm(dim=-1, keepdim=True) * delta.norm(dim=-1, keepdim=True))
+    y_delta = torch.where(ok, y_delta, torch.ones_like(y_delta))
+    update = (w.unsqueeze(-1) * y.unsqueeze(-2) + y.unsqueeze(-1) * w.unsqueeze(-2)) / y_delta.unsqueeze(-1) - (
+        (w * delta).sum(-1, keepdim=True) / y_delta**2
+    ).unsqueeze(-1) * y.unsqueeze(-1) * y.unsqueeze(-2)
+    return s + update * ok.unsqueeze(-1)
 
 
 @torch.no_grad()
@@ -115,6 +182,8 @@ def infer_coefficients(
     restarts: Sequence[Sequence[float]] = DEFAULT_RESTARTS,
     c_init: Tensor | None = None,
     max_iter: int = 100,
+    ftol: float | None = None,
+    max_norm: float = 20.0,
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
 ) -> InferenceResult:
@@ -128,6 +197,10 @@ def infer_coefficients(
         c_init: optional explicit starts, (..., M) or (..., R', M); used *instead of* ``restarts`` (give a
             warm start together with random ones by concatenating ``restart_inits`` yourself).
         max_iter: iteration cap per pair and restart.
+        ftol: a pair stops when an iteration's actual and predicted decrease of E fall below ftol * E;
+            default 16 machine epsilons of the solve dtype (solve to roundoff).
+        max_norm: trial points with ||sum_m c_m Psi_m||_1 above this are rejected (expm would grow like
+            e^max_norm); a start beyond it is replaced by c = 0.
         generator: random generator for the restart draws.
         dtype: the dtype to solve in; defaults to psi's (float64 in the project's default configuration).
 
@@ -175,7 +248,7 @@ def infer_coefficients(
     z0q, z1q = z0q.reshape(-1, d), z1q.reshape(-1, d)
     c = c_init.reshape(-1, m).clone()
 
-    solution = _solve(psi, z0q, z1q, c, l1_weight, max_iter)
+    solution = _solve(psi, z0q, z1q, c, l1_weight, max_iter, ftol, max_norm)
     c_all = solution.c.view(*batch_shape, num_restarts, m)
     e_all = solution.energy.view(*batch_shape, num_restarts)
     it_all = solution.num_iters.view(*batch_shape, num_restarts)
@@ -187,47 +260,60 @@ def infer_coefficients(
     )
 
 
-def _solve(psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float, max_iter: int) -> InferenceResult:
+def _solve(
+    psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float, max_iter: int, ftol: float | None,
+    max_norm: float,
+    max_step: float = 1.0,
+) -> InferenceResult:
     """Proximal Levenberg-Marquardt on Q flattened problems: z0, z1 (Q, d), c (Q, M) initial."""
     q, m = c.shape
     eps = torch.finfo(c.dtype).eps
     xtol = eps**0.5  # relative step size at which a pair counts as converged
+    ftol = ftol if ftol is not None else 16 * eps
 
-    e, r, jac = _evaluate(psi, z0, z1, c, l1_weight)
+    e, r, jac = _evaluate(psi, z0, z1, c, l1_weight, max_norm)
     bad = ~torch.isfinite(e) | ~torch.isfinite(jac).flatten(1).all(-1)
     if bool(bad.any()):
-        # A start so large that expm overflows: restart that problem from c = 0, where T = I.
+        # A start so large that expm overflows (or beyond max_norm): restart it from c = 0, where T = I.
         c = torch.where(bad.unsqueeze(-1), torch.zeros_like(c), c)
-        e, r, jac = _evaluate(psi, z0, z1, c, l1_weight)
+        e, r, jac = _evaluate(psi, z0, z1, c, l1_weight, max_norm)
 
     out_c, out_e = c.clone(), e.clone()
     out_it = torch.zeros(q, dtype=torch.long, device=c.device)
     idx = torch.arange(q, device=c.device)  # original index of each working-set row
+    g = (jac.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1)  # (Q, M) gradient of the smooth part
+    s2 = torch.zeros(q, m, m, dtype=c.dtype, device=c.device)  # secant estimate of the 2nd-order term
     mu = 1e-3 * torch.diagonal(jac.transpose(1, 2) @ jac, dim1=-2, dim2=-1).amax(-1) + eps
     nu = torch.full_like(mu, 2.0)
     its = torch.zeros(q, dtype=torch.long, device=c.device)
 
     for _ in range(max_iter):
-        x, predicted = _orthant_newton_step(c, r, jac, mu, l1_weight)
-        e_new, r_new, jac_new = _evaluate(psi, z0, z1, x, l1_weight)
+        h = jac.transpose(1, 2) @ jac + s2  # (Q, M, M)
+        x, predicted = _orthant_newton_step(c, g, h, mu, l1_weight, psi, max_step)
+        e_new, r_new, jac_new = _evaluate(psi, z0, z1, x, l1_weight, max_norm)
         accept = torch.isfinite(e_new) & (e_new < e)
         rho = ((e - e_new) / predicted.clamp_min(eps * e.clamp_min(eps))).clamp(0.0, 1.0)
         # Nielsen (1999): shrink mu smoothly with the gain ratio on success, grow it geometrically on failure.
         mu = torch.where(accept, mu * torch.clamp(1 - (2 * rho - 1) ** 3, min=1 / 3), mu * nu)
         nu = torch.where(accept, torch.full_like(nu, 2.0), nu * 2)
-        step = (x - c).abs().amax(-1)
-        small_step = step <= xtol * (c.abs().amax(-1) + xtol)
-        no_decrease = (e - e_new) <= 4 * eps * e
-        done = (accept & (small_step | no_decrease)) | (nu > 2.0**10) | (e <= eps * eps)
-        c = torch.where(accept.unsqueeze(-1), x, c)
-        e = torch.where(accept, e_new, e)
-        r = torch.where(accept.unsqueeze(-1), r_new, r)
-        jac = torch.where(accept[:, None, None], jac_new, jac)
+        # Converged: the step no longer moves c, or neither the actual nor the predicted decrease is
+        # above ftol relative to E (the model has nothing left to give), or damping has run away.
+        small_step = accept & ((x - c).abs().amax(-1) <= xtol * (c.abs().amax(-1) + xtol))
+        stalled = (predicted.abs() <= ftol * e) | (accept & ((e - e_new) <= ftol * e))
+        done = small_step | stalled | (nu > 2.0**10) | (e <= eps * eps)
+        # Bookkeeping for accepted steps: new point, gradient and secant term.
+        jt_new = jac_new.transpose(1, 2)
+        g_new = (jt_new @ r_new.unsqueeze(-1)).squeeze(-1)
+        y_sharp = g_new - (jac.transpose(1, 2) @ r_new.unsqueeze(-1)).squeeze(-1)
+        s_new = _secant_update(s2, x - c, g_new - g, y_sharp)
+        a1, a3 = accept.unsqueeze(-1), accept[:, None, None]
+        c, e, r = torch.where(a1, x, c), torch.where(accept, e_new, e), torch.where(a1, r_new, r)
+        g, jac, s2 = torch.where(a1, g_new, g), torch.where(a3, jac_new, jac), torch.where(a3, s_new, s2)
         its = its + 1
         if bool(done.any()):
             out_c[idx[done]], out_e[idx[done]], out_it[idx[done]] = c[done], e[done], its[done]
             keep = ~done
-            idx, c, e, r, jac, mu, nu, its = (t[keep] for t in (idx, c, e, r, jac, mu, nu, its))
+            idx, c, e, r, g, jac, s2, mu, nu, its = (t[keep] for t in (idx, c, e, r, g, jac, s2, mu, nu, its))
             z0, z1 = z0[keep], z1[keep]
             if idx.numel() == 0:
                 break

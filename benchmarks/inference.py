@@ -1,0 +1,196 @@
+"""Benchmark: batched coefficient inference (vaells.inference) against the authors' way (vaells.reference).
+
+Builds realistic problems at the paper's four settings (method notes 6): operators that look learned
+(rotation- and spiral-like generators plus noise, at the scale of the release's logs), anchors and encodings
+in the latent space, and targets made from planted sparse coefficients plus small noise. Each setting holds
+the prior pairs (every sample against every anchor of its class, R restarts) and the posterior pairs (every
+encoding against its own sample, one start in U(0, 1)), exactly what one training step infers.
+
+Both solvers get identical problems and identical starts. Prints a table, then one JSON line.
+
+    python benchmarks/inference.py                 # all four settings, CPU
+    python benchmarks/inference.py --device cuda   # the project's solver on a GPU (reference stays on CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vaells.inference import CoefficientSolver, energy, restart_inits
+from vaells.reference import reference_infer
+from vaells.transport import generator_matrix, expm
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    latent_dim: int
+    num_operators: int
+    batch: int
+    anchors: int
+    restarts: tuple[tuple[float, float], ...]
+    l1_prior: float
+    operator_scale: float  # magnitude of the learned generators (method notes 6, "sanity checks")
+    prior_coeff_scale: float  # Laplace scale of the planted anchor -> sample coefficients
+
+
+POSTERIOR_L1 = 1e-6  # lambda_post in every configuration
+POSTERIOR_RESTARTS = ((0.0, 1.0),)  # the release starts posterior inference from U(0, 1)
+
+SETTINGS = (
+    Setting("circles", 2, 4, 30, 3, ((-2.5, 0.0), (0.0, 2.5)), 5e-6, 0.0335, 3.0),
+    Setting("swiss_roll", 2, 1, 30, 4, ((-2.5, 0.0), (0.0, 2.5)), 5e-5, 0.027, 3.0),
+    Setting("rotated_mnist", 10, 1, 32, 10, ((-2.5, 2.5),), 1e-6, 0.048, 3.0),
+    Setting("natural_mnist", 6, 8, 32, 8, ((-2.5, 2.5),), 1e-6, 0.03, 1.5),
+)
+
+
+def learned_like_operators(d: int, m: int, scale: float, gen: torch.Generator) -> torch.Tensor:
+    """Psi (M, d, d): rotation or spiral generators in random planes, plus noise at 10% of their scale."""
+    psi = torch.zeros(m, d, d, dtype=torch.float64)
+    for k in range(m):
+        basis, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+        block = torch.zeros(d, d, dtype=torch.float64)
+        for i in range(0, d - 1, 2):  # a rotation in every plane, with its own frequency
+            w = scale * (0.5 + torch.rand((), generator=gen, dtype=torch.float64))
+            block[i, i + 1], block[i + 1, i] = -w, w
+        if k % 2 == 1:  # every other operator spirals: a contraction on top of the rotation
+            block -= 0.2 * scale * torch.eye(d, dtype=torch.float64)
+        psi[k] = basis @ block @ basis.T + 0.1 * scale * torch.randn(d, d, generator=gen, dtype=torch.float64)
+    return psi
+
+
+def sparse_laplace(shape: tuple[int, ...], scale: float, gen: torch.Generator) -> torch.Tensor:
+    """Laplace coefficients with about half the entries zeroed (at least one kept per row) when M > 1."""
+    u = torch.rand(shape, generator=gen, dtype=torch.float64) - 0.5
+    c = -scale * torch.sign(u) * torch.log1p(-2 * u.abs())
+    if shape[-1] > 1:
+        keep = torch.rand(shape, generator=gen) < 0.5
+        keep[..., 0] |= ~keep.any(-1)
+        c = c * keep
+    return c
+
+
+def transport(psi: torch.Tensor, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return (expm(generator_matrix(psi, c)) @ z.unsqueeze(-1)).squeeze(-1)
+
+
+def make_problem(s: Setting, seed: int) -> dict[str, torch.Tensor]:
+    """z0/z1/c_init/l1 for the prior pairs and the posterior pairs of one training step."""
+    gen = torch.Generator().manual_seed(seed)
+    d, m, b, a = s.latent_dim, s.num_operators, s.batch, s.anchors
+    psi = learned_like_operators(d, m, s.operator_scale, gen)
+    anchors = torch.randn(a, d, generator=gen, dtype=torch.float64)  # the sample's class-matched anchors
+    home = torch.randint(a, (b,), generator=gen)  # each encoding lies on some anchor's orbit ...
+    c_home = sparse_laplace((b, m), s.prior_coeff_scale, gen)
+    mu = transport(psi, anchors[home], c_home) + 0.01 * torch.randn(b, d, generator=gen, dtype=torch.float64)
+    c_post = sparse_laplace((b, m), 1.0, gen)  # ... and the posterior sample moves it by c ~ Laplace(0, 1)
+    z = transport(psi, mu, c_post) + 1e-3 * torch.randn(b, d, generator=gen, dtype=torch.float64)
+    prior_z0 = anchors.expand(b, a, d).reshape(-1, d)  # every anchor ...
+    prior_z1 = z.unsqueeze(1).expand(b, a, d).reshape(-1, d)  # ... against every sample of its class
+    return {
+        "psi": psi,
+        "prior_z0": prior_z0, "prior_z1": prior_z1,
+        "prior_init": restart_inits((b * a,), m, s.restarts, generator=gen),
+        "post_z0": mu, "post_z1": z,
+        "post_init": restart_inits((b,), m, POSTERIOR_RESTARTS, generator=gen),
+    }
+
+
+def time_project(p: dict, s: Setting, device: str, repeats: int) -> tuple[float, np.ndarray]:
+    prior = CoefficientSolver(l1_weight=s.l1_prior, restarts=s.restarts)
+    post = CoefficientSolver(l1_weight=POSTERIOR_L1, restarts=POSTERIOR_RESTARTS)
+    t = {k: v.to(device) for k, v in p.items()}
+
+    def run():
+        rp = prior(t["psi"], t["prior_z0"], t["prior_z1"], c_init=t["prior_init"])
+        rq = post(t["psi"], t["post_z0"], t["post_z1"], c_init=t["post_init"])
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return rp, rq
+
+    run()  # warm-up (allocators, CUDA context, kernels)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        rp, rq = run()
+        times.append(time.perf_counter() - start)
+    # Recompute energies independently of the solver, in float64 on the CPU.
+    e_prior = energy(p["psi"], p["prior_z0"], p["prior_z1"], rp.c.cpu().double(), s.l1_prior)
+    e_post = energy(p["psi"], p["post_z0"], p["post_z1"], rq.c.cpu().double(), POSTERIOR_L1)
+    return statistics.median(times), torch.cat([e_prior, e_post]).numpy()
+
+
+def time_reference(p: dict, s: Setting) -> tuple[float, np.ndarray]:
+    n = {k: v.numpy() for k, v in p.items()}
+    start = time.perf_counter()
+    c_prior, _, _ = reference_infer(n["psi"], n["prior_z0"], n["prior_z1"], n["prior_init"], s.l1_prior)
+    c_post, _, _ = reference_infer(n["psi"], n["post_z0"], n["post_z1"], n["post_init"], POSTERIOR_L1)
+    elapsed = time.perf_counter() - start
+    e_prior = energy(p["psi"], p["prior_z0"], p["prior_z1"], torch.from_numpy(c_prior), s.l1_prior)
+    e_post = energy(p["psi"], p["post_z0"], p["post_z1"], torch.from_numpy(c_post), POSTERIOR_L1)
+    return elapsed, torch.cat([e_prior, e_post]).numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of the project's solver")
+    parser.add_argument("--settings", nargs="*", default=[s.name for s in SETTINGS])
+    args = parser.parse_args()
+    unknown = set(args.settings) - {s.name for s in SETTINGS}
+    if unknown:
+        parser.error(f"unknown setting(s) {sorted(unknown)}; choose from {[s.name for s in SETTINGS]}")
+
+    rows, ratios = {}, []
+    header = (f"{'setting':<14}{'pairs':>7}{'ref s':>10}{'ours s':>10}{'speedup':>10}"
+              f"{'ref E med':>12}{'ours E med':>12}{'<=1.01 ref':>12}")
+    print(header)
+    print("-" * len(header))
+    for s in SETTINGS:
+        if s.name not in args.settings:
+            continue
+        p = make_problem(s, args.seed)
+        t_ours, e_ours = time_project(p, s, args.device, args.repeats)
+        t_ref, e_ref = time_reference(p, s)
+        ratio = (e_ours + 1e-9) / (e_ref + 1e-9)
+        ratios.append(ratio)
+        row = {
+            "pairs": int(e_ours.size),
+            "reference_s": t_ref,
+            "project_s": t_ours,
+            "speedup": t_ref / t_ours,
+            "reference_energy_median": float(np.median(e_ref)),
+            "project_energy_median": float(np.median(e_ours)),
+            "frac_within_1pct": float(np.mean(e_ours <= 1.01 * e_ref)),
+            "energy_ratio_median": float(np.median(ratio)),
+        }
+        rows[s.name] = row
+        print(f"{s.name:<14}{row['pairs']:>7}{t_ref:>10.2f}{t_ours:>10.4f}{row['speedup']:>10.0f}"
+              f"{row['reference_energy_median']:>12.3e}{row['project_energy_median']:>12.3e}"
+              f"{row['frac_within_1pct']:>12.3f}", flush=True)
+    speedups = [r["speedup"] for r in rows.values()]
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    summary = {
+        "speedup_min": min(speedups),
+        "speedup_median": statistics.median(speedups),
+        "energy_ratio_median": float(np.median(np.concatenate(ratios))),
+        "settings": rows,
+        "device": device,
+        "threads": torch.get_num_threads(),
+    }
+    assert all(math.isfinite(v) for v in speedups)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
