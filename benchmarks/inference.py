@@ -2,7 +2,8 @@
 
 Builds realistic problems at the paper's four settings (method notes 6): operators that look learned
 (rotation- and spiral-like generators plus noise, at the scale of the release's logs), anchors and encodings
-in the latent space, and targets made from planted sparse coefficients plus small noise. Each setting holds
+in the latent space (on one orbit where the paper's anchors are: circles, swiss roll, rotated digits), and
+targets made from planted sparse coefficients plus small noise. Each setting holds
 the prior pairs (every sample against every anchor of its class, R restarts) and the posterior pairs (every
 encoding against its own sample, one start in U(0, 1)), exactly what one training step infers.
 
@@ -26,7 +27,7 @@ import torch
 
 from vaells.inference import CoefficientSolver, energy, restart_inits
 from vaells.reference import reference_infer
-from vaells.transport import generator_matrix, expm
+from vaells.transport import expm, generator_matrix
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,17 @@ class Setting:
     l1_prior: float
     operator_scale: float  # magnitude of the learned generators (method notes 6, "sanity checks")
     prior_coeff_scale: float  # Laplace scale of the planted anchor -> sample coefficients
+    anchors_on_orbit: bool  # class anchors are transports of one another (same circle / spiral / digit)
 
 
 POSTERIOR_L1 = 1e-6  # lambda_post in every configuration
 POSTERIOR_RESTARTS = ((0.0, 1.0),)  # the release starts posterior inference from U(0, 1)
 
 SETTINGS = (
-    Setting("circles", 2, 4, 30, 3, ((-2.5, 0.0), (0.0, 2.5)), 5e-6, 0.0335, 3.0),
-    Setting("swiss_roll", 2, 1, 30, 4, ((-2.5, 0.0), (0.0, 2.5)), 5e-5, 0.027, 3.0),
-    Setting("rotated_mnist", 10, 1, 32, 10, ((-2.5, 2.5),), 1e-6, 0.048, 3.0),
-    Setting("natural_mnist", 6, 8, 32, 8, ((-2.5, 2.5),), 1e-6, 0.03, 1.5),
+    Setting("circles", 2, 4, 30, 3, ((-2.5, 0.0), (0.0, 2.5)), 5e-6, 0.0335, 3.0, True),
+    Setting("swiss_roll", 2, 1, 30, 4, ((-2.5, 0.0), (0.0, 2.5)), 5e-5, 0.027, 3.0, True),
+    Setting("rotated_mnist", 10, 1, 32, 10, ((-2.5, 2.5),), 1e-6, 0.048, 3.0, True),
+    Setting("natural_mnist", 6, 8, 32, 8, ((-2.5, 2.5),), 1e-6, 0.03, 1.5, False),
 )
 
 
@@ -88,7 +90,17 @@ def make_problem(s: Setting, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     d, m, b, a = s.latent_dim, s.num_operators, s.batch, s.anchors
     psi = learned_like_operators(d, m, s.operator_scale, gen)
-    anchors = torch.randn(a, d, generator=gen, dtype=torch.float64)  # the sample's class-matched anchors
+    if s.anchors_on_orbit:
+        # The paper's anchors for these sets sit on one orbit: evenly spaced along a circle or the spiral,
+        # or one digit rotated to evenly spaced angles; here, evenly spaced along the first operator's flow
+        # from a random point, plus the same small noise as the encodings.
+        steps = torch.zeros(a, m, dtype=torch.float64)
+        steps[:, 0] = torch.linspace(-2 * s.prior_coeff_scale, 2 * s.prior_coeff_scale, a, dtype=torch.float64)
+        start = torch.randn(d, generator=gen, dtype=torch.float64)
+        noise = 0.01 * torch.randn(a, d, generator=gen, dtype=torch.float64)
+        anchors = transport(psi, start.expand(a, d), steps) + noise
+    else:  # natural MNIST: different digits of one class, not transports of one another
+        anchors = torch.randn(a, d, generator=gen, dtype=torch.float64)
     home = torch.randint(a, (b,), generator=gen)  # each encoding lies on some anchor's orbit ...
     c_home = sparse_laplace((b, m), s.prior_coeff_scale, gen)
     mu = transport(psi, anchors[home], c_home) + 0.01 * torch.randn(b, d, generator=gen, dtype=torch.float64)

@@ -41,7 +41,7 @@ def _planted(d: int, m: int, p: int, seed: int, scale: float = 0.3):
 def _spiral_problem(p: int, seed: int):
     """A slowly expanding rotation, psi = [[a, -1], [1, a]] (M = 1, d = 2), and targets z1 = T(c*) z0.
 
-    c* + 2 pi reaches the right angle at the wrong radius: a second basin, with a strictly worse local minimum.
+    c* + 2 pi reaches the right angle at the wrong radius: a second basin, whose local minimum is worse.
     Returns psi, c*, z0, z1 and starts near each basin, good (p, 1) and bad (p, 1).
     """
     g = _gen(seed)
@@ -183,7 +183,9 @@ def test_identical_end_points_give_zero_energy(l1: float) -> None:
     torch.testing.assert_close(_transport(psi, res.c, z0), z0, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("kind", "start"), [("skew", 1e6), ("skew", 1e3), ("general", 1e3), ("general", 1e6)])
+@pytest.mark.parametrize(
+    ("kind", "start"), [("skew", 1e6), ("skew", 1e3), ("general", 1e3), ("general", 1e6)]
+)
 def test_huge_initial_coefficients_give_finite_result(kind: str, start: float) -> None:
     g = _gen(6)
     w = torch.randn(2, 3, 3, dtype=F64, generator=g)
@@ -329,7 +331,8 @@ def test_coefficient_solver_forwards_its_settings() -> None:
     lo_good, hi_good = float(c_star.min()) - 0.2, float(c_star.max()) + 0.2
     good_solver = CoefficientSolver(l1_weight=1e-8, restarts=[(lo_good, hi_good)])
     bad_solver = CoefficientSolver(l1_weight=1e-8, restarts=[(lo_good + 2 * math.pi, hi_good + 2 * math.pi)])
-    res_good, res_bad = good_solver(psi, z0, z1, generator=_gen(2)), bad_solver(psi, z0, z1, generator=_gen(2))
+    res_good = good_solver(psi, z0, z1, generator=_gen(2))
+    res_bad = bad_solver(psi, z0, z1, generator=_gen(2))
     torch.testing.assert_close(res_good.c, c_star, rtol=0, atol=1e-6)
     assert (res_bad.c > 5).all() and (res_bad.energy > res_good.energy + 0.1).all()  # the restart was honored
     direct = infer_coefficients(psi, z0, z1, l1_weight=1e-8, restarts=bad_solver.restarts, generator=_gen(2))

@@ -164,7 +164,9 @@ class AnchorPrior(Distribution):
         if self._validate_args:
             check_finite("anchors", anchors)
             if anchors.dim() < 2 or anchors.shape[-1] != transport.latent_dim:
-                raise ValueError(f"anchors must have shape (B, N_a, d={transport.latent_dim}), got {tuple(anchors.shape)}")
+                raise ValueError(
+                    f"anchors must have shape (B, N_a, d={transport.latent_dim}), got {tuple(anchors.shape)}"
+                )
 
     def infer(self, z: Tensor) -> InferenceResult:
         """c_hat_i(a_i -> z) for every anchor.  z (B, d) -> c (B, N_a, M), energy (B, N_a)."""

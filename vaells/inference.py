@@ -74,7 +74,7 @@ def energy(psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float) -> 
 
 
 def _evaluate(
-    psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float, max_norm: float
+    psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float | Tensor, max_norm: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Energy (Q,), residual r = T z0 - z1 (Q, d) and Jacobian dr/dc (Q, d, M) at c (Q, M).
 
@@ -91,32 +91,32 @@ def _evaluate(
     return torch.where(too_big, torch.full_like(e, math.inf), e), r, jac
 
 
-def _soft(x: Tensor, t: float) -> Tensor:
+def _soft(x: Tensor, t: float | Tensor) -> Tensor:
     return torch.sign(x) * (x.abs() - t).clamp_min(0.0)
 
 
 def _orthant_newton_step(
-    c: Tensor, g: Tensor, h: Tensor, mu: Tensor, l1_weight: float, psi: Tensor, max_step: float
+    c: Tensor, g: Tensor, h: Tensor, mu: Tensor, l1_weight: Tensor, psi: Tensor, max_step: float
 ) -> tuple[Tensor, Tensor]:
     """One damped orthant-wise Newton step on g.delta + 1/2 delta^T h delta + lambda ||c + delta||_1.
 
-    c, g (Q, M); h (Q, M, M); mu (Q,).  Returns the trial point (Q, M) and its predicted decrease (Q,).
+    c, g (Q, M); h (Q, M, M); mu, l1_weight (Q,).  Returns the trial point (Q, M) and its predicted decrease (Q,).
     The step is shortened so that the generator moves by at most ||sum_m delta_m Psi_m||_1 <= max_step:
     a trust region in the units that matter to expm. Without it, M > d problems (whose J^T J is singular)
     take huge null-space steps early on and wander to generators far larger than any solution needs.
     """
+    lam = l1_weight.unsqueeze(-1)  # (Q, 1)
     at_zero = c == 0
     # Minimum-norm subgradient of E: the L1 term's slope where c != 0; a soft threshold where c == 0.
-    pg = torch.where(at_zero, _soft(g, l1_weight), g + l1_weight * torch.sign(c))
+    pg = torch.where(at_zero, _soft(g, lam), g + lam * torch.sign(c))
     orthant = torch.where(at_zero, -torch.sign(pg), torch.sign(c))
     free = (orthant != 0).to(c.dtype)  # coordinates pinned at zero stay out of the solve
     eye = torch.eye(c.shape[-1], dtype=c.dtype, device=c.device)
-    lhs = h * free.unsqueeze(-1) * free.unsqueeze(-2) + eye * (mu[:, None, None] * free.unsqueeze(-1) + (1 - free).unsqueeze(-1))
+    pinned = (1 - free).unsqueeze(-1)  # identity rows for pinned coordinates keep the system regular
+    lhs = h * free.unsqueeze(-1) * free.unsqueeze(-2) + eye * (mu[:, None, None] * free.unsqueeze(-1) + pinned)
     delta = torch.linalg.solve_ex(lhs, (-pg * free).unsqueeze(-1))[0].squeeze(-1)
     x = c + delta
     x = torch.where(x * orthant < 0, torch.zeros_like(x), x)  # project onto the orthant
-    if c.shape[-1] > 1:
-        x = _lasso_sweeps(c, x, g, h + mu[:, None, None] * eye, l1_weight)
     delta = x - c
     step_norm = generator_matrix(psi, delta).abs().sum(-2).amax(-1)  # (Q,)
     delta = delta * (max_step / step_norm.clamp_min(max_step)).unsqueeze(-1)
@@ -124,30 +124,6 @@ def _orthant_newton_step(
     quad = (delta.unsqueeze(-2) @ h @ delta.unsqueeze(-1)).reshape(-1)
     predicted = -(g * delta).sum(-1) - 0.5 * quad + l1_weight * (c.abs().sum(-1) - x.abs().sum(-1))
     return x, predicted
-
-
-def _lasso_sweeps(c: Tensor, x: Tensor, g: Tensor, h_mu: Tensor, l1_weight: float, sweeps: int = 3) -> Tensor:
-    """Coordinate descent on the damped model g.(x - c) + 1/2 (x - c)^T h_mu (x - c) + lambda ||x||_1.
-
-    The orthant-wise step keeps the signs it started with, so when M > d (J^T J singular: the residual can
-    be made zero along a whole manifold and only the L1 term chooses among its points) it creeps along the
-    manifold. Exact coordinate minimisation of the LASSO model moves coefficients onto and off zero and
-    finishes that choice in a few LM iterations instead of hundreds. Starts from the orthant step x.
-    """
-    v = (h_mu @ (x - c).unsqueeze(-1)).squeeze(-1)  # (Q, M) model gradient minus g
-    diag = torch.diagonal(h_mu, dim1=-2, dim2=-1)
-    convex = diag > 0  # the secant term can make the model indefinite; leave such coordinates alone
-    diag = torch.where(convex, diag, torch.ones_like(diag))
-    for _ in range(sweeps):
-        for j in range(c.shape[-1]):
-            grad_j = g[:, j] + v[:, j]
-            new = _soft(x[:, j] - grad_j / diag[:, j], l1_weight / diag[:, j])
-            new = torch.where(convex[:, j], new, x[:, j])
-            change = new - x[:, j]
-            x = x.clone()
-            x[:, j] = new
-            v = v + h_mu[:, :, j] * change.unsqueeze(-1)
-    return x
 
 
 def _secant_update(s: Tensor, delta: Tensor, y: Tensor, y_sharp: Tensor) -> Tensor:
@@ -161,7 +137,8 @@ def _secant_update(s: Tensor, delta: Tensor, y: Tensor, y_sharp: Tensor) -> Tens
     s_delta = (s @ delta.unsqueeze(-1)).squeeze(-1)
     y_delta = (y * delta).sum(-1, keepdim=True)
     # NL2SOL's sizing: shrink S when it overestimates the curvature along delta.
-    size = ((delta * y_sharp).sum(-1, keepdim=True).abs() / (delta * s_delta).sum(-1, keepdim=True).abs().clamp_min(1e-300)).clamp(max=1.0)
+    curvature_s = (delta * s_delta).sum(-1, keepdim=True).abs().clamp_min(1e-300)
+    size = ((delta * y_sharp).sum(-1, keepdim=True).abs() / curvature_s).clamp(max=1.0)
     s = s * size.unsqueeze(-1)
     w = y_sharp - size * s_delta
     ok = y_delta > 1e-12 * (y.norm(dim=-1, keepdim=True) * delta.norm(dim=-1, keepdim=True))
@@ -267,6 +244,7 @@ def _solve(
 ) -> InferenceResult:
     """Proximal Levenberg-Marquardt on Q flattened problems: z0, z1 (Q, d), c (Q, M) initial."""
     q, m = c.shape
+    z0_all, z1_all = z0, z1
     eps = torch.finfo(c.dtype).eps
     xtol = eps**0.5  # relative step size at which a pair counts as converged
     ftol = ftol if ftol is not None else 16 * eps
@@ -286,11 +264,20 @@ def _solve(
     mu = 1e-3 * torch.diagonal(jac.transpose(1, 2) @ jac, dim1=-2, dim2=-1).amax(-1) + eps
     nu = torch.full_like(mu, 2.0)
     its = torch.zeros(q, dtype=torch.long, device=c.device)
+    # L1 continuation when M > d. Then J^T J is singular: the residual can be driven to zero along a whole
+    # (M - d)-dimensional manifold, and a tiny lambda alone makes LM land on that manifold wherever the
+    # start points and then creep along it for hundreds of iterations. Starting with lambda boosted to the
+    # scale of the gradient and shrinking it geometrically keeps the path near the sparse end of the
+    # manifold (the homotopy of LARS / SpaRSA-style continuation); the boost is gone after ~25 iterations.
+    boost = 0.5 * g.abs().amax(-1) if m > z0.shape[-1] else torch.zeros_like(mu)
+    unboosted = 1e-3 * l1_weight  # below this the boost no longer changes E measurably
 
     for _ in range(max_iter):
+        lam = l1_weight + boost
+        e = 0.5 * r.pow(2).sum(-1) + lam * c.abs().sum(-1)
         h = jac.transpose(1, 2) @ jac + s2  # (Q, M, M)
-        x, predicted = _orthant_newton_step(c, g, h, mu, l1_weight, psi, max_step)
-        e_new, r_new, jac_new = _evaluate(psi, z0, z1, x, l1_weight, max_norm)
+        x, predicted = _orthant_newton_step(c, g, h, mu, lam, psi, max_step)
+        e_new, r_new, jac_new = _evaluate(psi, z0, z1, x, lam, max_norm)
         accept = torch.isfinite(e_new) & (e_new < e)
         rho = ((e - e_new) / predicted.clamp_min(eps * e.clamp_min(eps))).clamp(0.0, 1.0)
         # Nielsen (1999): shrink mu smoothly with the gain ratio on success, grow it geometrically on failure.
@@ -300,25 +287,29 @@ def _solve(
         # above ftol relative to E (the model has nothing left to give), or damping has run away.
         small_step = accept & ((x - c).abs().amax(-1) <= xtol * (c.abs().amax(-1) + xtol))
         stalled = (predicted.abs() <= ftol * e) | (accept & ((e - e_new) <= ftol * e))
-        done = small_step | stalled | (nu > 2.0**10) | (e <= eps * eps)
+        done = (small_step | stalled | (nu > 2.0**10) | (e <= eps * eps)) & (boost <= unboosted)
         # Bookkeeping for accepted steps: new point, gradient and secant term.
-        jt_new = jac_new.transpose(1, 2)
-        g_new = (jt_new @ r_new.unsqueeze(-1)).squeeze(-1)
+        g_new = (jac_new.transpose(1, 2) @ r_new.unsqueeze(-1)).squeeze(-1)
         y_sharp = g_new - (jac.transpose(1, 2) @ r_new.unsqueeze(-1)).squeeze(-1)
         s_new = _secant_update(s2, x - c, g_new - g, y_sharp)
         a1, a3 = accept.unsqueeze(-1), accept[:, None, None]
-        c, e, r = torch.where(a1, x, c), torch.where(accept, e_new, e), torch.where(a1, r_new, r)
+        c, r = torch.where(a1, x, c), torch.where(a1, r_new, r)
         g, jac, s2 = torch.where(a1, g_new, g), torch.where(a3, jac_new, jac), torch.where(a3, s_new, s2)
+        boost = torch.where(boost > unboosted, 0.7 * boost, torch.zeros_like(boost))
         its = its + 1
         if bool(done.any()):
-            out_c[idx[done]], out_e[idx[done]], out_it[idx[done]] = c[done], e[done], its[done]
+            out_c[idx[done]], out_it[idx[done]] = c[done], its[done]
             keep = ~done
-            idx, c, e, r, g, jac, s2, mu, nu, its = (t[keep] for t in (idx, c, e, r, g, jac, s2, mu, nu, its))
+            idx, c, r, g, jac, s2, mu, nu, its, boost = (
+                t[keep] for t in (idx, c, r, g, jac, s2, mu, nu, its, boost)
+            )
             z0, z1 = z0[keep], z1[keep]
             if idx.numel() == 0:
                 break
     if idx.numel():
-        out_c[idx], out_e[idx], out_it[idx] = c, e, its
+        out_c[idx], out_it[idx] = c, its
+    # Energies at the true lambda, from the residuals the solver already has (no boost left in them).
+    out_e = energy(psi, z0_all, z1_all, out_c, l1_weight)
     return InferenceResult(c=out_c, energy=out_e, num_iters=out_it)
 
 
@@ -347,7 +338,12 @@ class CoefficientSolver:
         self.dtype = getattr(torch, dtype.removeprefix("torch.")) if isinstance(dtype, str) else dtype
 
     def __call__(
-        self, psi: Tensor, z0: Tensor, z1: Tensor, c_init: Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        psi: Tensor,
+        z0: Tensor,
+        z1: Tensor,
+        c_init: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> InferenceResult:
         return infer_coefficients(
             psi, z0, z1, l1_weight=self.l1_weight, restarts=self.restarts, c_init=c_init,

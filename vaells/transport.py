@@ -131,7 +131,8 @@ class TransportOperator(nn.Module):
             dtype = getattr(torch, dtype.removeprefix("torch."))
         self.latent_dim = int(latent_dim)
         self.num_operators = int(num_operators)
-        self.psi = nn.Parameter(init_std * torch.randn(self.num_operators, self.latent_dim, self.latent_dim, dtype=dtype))
+        shape = (self.num_operators, self.latent_dim, self.latent_dim)
+        self.psi = nn.Parameter(init_std * torch.randn(shape, dtype=dtype))
 
     # -- shape checks ---------------------------------------------------------------------------------
     def _check_c(self, c: Tensor) -> Tensor:
