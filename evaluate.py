@@ -1,0 +1,42 @@
+"""Evaluate a trained run on its test split: ``python evaluate.py ckpt_path=RUN/checkpoints/last.ckpt``.
+
+Rebuilds data and model from the run's own saved config, computes the metrics, writes ``metrics.json``
+and the figures into this evaluation's own run directory, and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vaells.builders import build_datamodule, build_model, load_run
+from vaells.evaluation import evaluate_model
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    torch.set_num_threads(cfg.threads)
+    pl.seed_everything(cfg.seed, workers=True)
+    run_cfg, checkpoint = load_run(cfg.ckpt_path)
+    with open_dict(run_cfg):
+        run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data_overrides)
+    dm = build_datamodule(run_cfg)
+    model = build_model(run_cfg, dm)
+    model.load_state_dict(checkpoint["state_dict"])
+    out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    metrics = evaluate_model(model, dm, figures_dir=out / "figures")
+    metrics["ckpt_path"] = str(cfg.ckpt_path)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    width = max(len(k) for k in metrics)
+    print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
+                    for k, v in metrics.items()))
+    print(f"\nWrote {out / 'metrics.json'}")
+
+
+if __name__ == "__main__":
+    main()

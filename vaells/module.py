@@ -1,0 +1,290 @@
+"""VAELLSModule: the optimization choreography of Algorithm 1 (method notes 2), and nothing else.
+
+Networks, the transport operator, the coefficient solvers, the loss weights, the phase schedule and the Psi
+update rule are all injected (Hydra builds them from ``conf/model``). The math lives in ``distributions``,
+``objectives`` and ``inference``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from vaells.distributions import AnchorPrior, TransportPosterior
+from vaells.inference import CoefficientSolver, InferenceResult, restart_inits
+from vaells.objectives import LossWeights, check_finite_loss, reconstruction_error, vaells_loss
+from vaells.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
+from vaells.transport import TransportOperator
+
+PHASE_CODES = {WARMUP: 0, NET: 1, PSI: 2, JOINT: 3}
+
+
+class VAELLSModule(pl.LightningModule):
+    """VAELLS with manual optimization: a network optimizer (encoder, decoder) and an operator optimizer
+    (Psi, and the learnable anchors in input space), stepped according to ``schedule``.
+
+    Args:
+        encoder, decoder: f_phi and g_theta (``vaells.networks``).
+        transport: the dictionary Psi.
+        posterior_solver, prior_solver: MAP coefficient inference for mu -> z and anchor -> z.
+        optimizer: partial torch optimizer for the networks (the release: Adam, betas (0.5, 0.999)).
+        psi_optimizer: partial torch optimizer for Psi (param group 0) and the anchors (group 1).
+        psi_rule: the release's accept/reject step rule (use with SGD), or None for a plain optimizer.
+        schedule: warm-up and alternation (``vaells.schedule.Schedule``).
+        weights: the role-named loss weights; ``1 / weights.post_l1`` is the posterior Laplace scale b.
+        latent_dim, num_operators: d and M, checked against the injected modules.
+        latent_scale: s; encodings are divided by it before any transport operation (method notes 1).
+        noise_std: sigma_eps, the posterior's latent noise.
+        closest_anchor: use only the lowest-energy anchor in the prior.
+        warmup_coeff_scale: Laplace scale during warm-up (the release: 0.01, with no latent noise).
+        post_warmup_lr_factor: the network learning rate is multiplied by this once, when warm-up ends.
+        anchor_lr: step size of the learnable anchors (the release: 1e-4, in operator phases only).
+        learn_anchors: whether class-matched anchors are parameters.
+        anchors, anchor_labels: (K * N_a, *input_shape) and (K * N_a,), class-major, from the DataModule;
+            None when batches carry per-sample anchors (rotated MNIST).
+        gradient_clip_val: optional norm clip for the network gradients (manual optimization cannot use
+            the Trainer's).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        transport: TransportOperator,
+        posterior_solver: CoefficientSolver,
+        prior_solver: CoefficientSolver,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        psi_optimizer: Callable[..., torch.optim.Optimizer],
+        schedule: Schedule,
+        weights: LossWeights,
+        latent_dim: int,
+        num_operators: int,
+        psi_rule: AcceptRejectRule | None = None,
+        latent_scale: float = 1.0,
+        noise_std: float = 1e-4,
+        closest_anchor: bool = False,
+        warmup_coeff_scale: float = 0.01,
+        post_warmup_lr_factor: float = 0.1,
+        anchor_lr: float = 1e-4,
+        learn_anchors: bool = True,
+        anchors: Tensor | None = None,
+        anchor_labels: Tensor | None = None,
+        gradient_clip_val: float | None = None,
+    ) -> None:
+        super().__init__()
+        if num_operators < 1:
+            raise ValueError(f"model.num_operators must be >= 1, got {num_operators}")
+        if (transport.latent_dim, transport.num_operators) != (latent_dim, num_operators):
+            raise ValueError(
+                f"the transport operator has d={transport.latent_dim}, M={transport.num_operators} but the model "
+                f"config says model.latent_dim={latent_dim}, model.num_operators={num_operators}"
+            )
+        if latent_scale <= 0 or noise_std < 0 or weights.post_l1 <= 0:
+            raise ValueError("model.latent_scale and model.weights.post_l1 must be > 0 and model.noise_std >= 0")
+        self.automatic_optimization = False
+        self.encoder, self.decoder, self.transport = encoder, decoder, transport
+        self.posterior_solver, self.prior_solver = posterior_solver, prior_solver
+        self.optimizer_factory, self.psi_optimizer_factory = optimizer, psi_optimizer
+        self.psi_rule, self.schedule, self.weights = psi_rule, schedule, weights
+        self.latent_scale, self.noise_std, self.closest_anchor = latent_scale, noise_std, closest_anchor
+        self.warmup_coeff_scale, self.post_warmup_lr_factor = warmup_coeff_scale, post_warmup_lr_factor
+        self.anchor_lr, self.gradient_clip_val = anchor_lr, gradient_clip_val
+        self.anchor_inputs: nn.Parameter | None = None
+        self.anchor_labels: Tensor | None
+        if anchors is not None:
+            if anchor_labels is None or anchor_labels.shape[0] != anchors.shape[0]:
+                raise ValueError("anchors need anchor_labels of the same length (class-major)")
+            counts = torch.bincount(anchor_labels)
+            if bool((counts != counts[0]).any()):
+                raise ValueError(f"every class needs the same number of anchors, got counts {counts.tolist()}")
+            self.anchor_inputs = nn.Parameter(anchors.detach().clone().float(), requires_grad=learn_anchors)
+            self.register_buffer("anchor_labels", anchor_labels.detach().clone().long())
+            self.anchors_per_class = int(counts[0])
+        else:
+            self.anchor_labels = None
+        self.batch_counter = 0  # batches seen: drives warm-up and alternation (not trainer.global_step)
+        self.run_config: dict | None = None  # the composed Hydra config, stored in checkpoints by train.py
+
+    # -- the model -----------------------------------------------------------------------------------
+    @property
+    def coeff_scale(self) -> float:
+        """b, the posterior's Laplace scale: 1 / post_l1 (method notes 1.1)."""
+        return 1.0 / self.weights.post_l1
+
+    def encode(self, x: Tensor) -> Tensor:
+        """mu = f_phi(x) / s in the transport dtype.  (B, *input_shape) -> (B, d)."""
+        return (self.encoder(x) / self.latent_scale).to(self.transport.psi.dtype)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """g_theta(s z), in the decoder's dtype.  (B, d) -> (B, *input_shape)."""
+        param = next(self.decoder.parameters())
+        return self.decoder((z * self.latent_scale).to(param.dtype))
+
+    def anchor_latents(self) -> Tensor | None:
+        """Encoded class-matched anchors (K * N_a, d), or None with per-sample anchors."""
+        return None if self.anchor_inputs is None else self.encode(self.anchor_inputs)
+
+    def batch_anchors(self, batch: dict[str, Tensor]) -> Tensor:
+        """Each sample's encoded anchors (B, N_a, d): its own (rotated MNIST) or its class's."""
+        if "anchors" in batch:
+            a = batch["anchors"]
+            return self.encode(a.flatten(0, 1)).view(a.shape[0], a.shape[1], -1)
+        if self.anchor_inputs is None:
+            raise ValueError("this model has no class-matched anchors and the batch carries no 'anchors'")
+        per_class = self.anchor_latents().view(-1, self.anchors_per_class, self.transport.latent_dim)
+        return per_class[batch["label"]]
+
+    def infer_coefficients(self, z0: Tensor, z1: Tensor) -> Tensor:
+        """MAP coefficients z0 -> z1 with the prior solver (its restarts).  (..., d) -> (..., M)."""
+        return self.prior_solver(self.transport.psi, z0, z1).c
+
+    def sample_prior(self, anchors: Tensor, num_samples: int) -> Tensor:
+        """z ~ q(z | a) around each anchor (A, d) -> (A, num_samples, d)."""
+        mu = anchors.unsqueeze(1).expand(-1, num_samples, -1)
+        return TransportPosterior(mu, self.transport, self.coeff_scale, self.noise_std).rsample()
+
+    def forward_terms(self, batch: dict[str, Tensor], weights: LossWeights) -> dict[str, Any]:
+        """One posterior sample, both inferences and the loss terms (eq. 9), plus what the Psi rule reuses."""
+        x = batch["x"]
+        mu = self.encode(x)
+        anchors = self.batch_anchors(batch)
+        posterior = TransportPosterior(mu, self.transport, self.coeff_scale, self.noise_std, self.posterior_solver)
+        z, c = posterior.rsample_with_coefficients()
+        # The sampled c is an excellent start for c_hat(mu -> z): z - T(c) mu is just the noise.
+        starts = restart_inits(c.shape[:-1], c.shape[-1], self.posterior_solver.restarts, dtype=c.dtype,
+                               device=c.device)
+        post = self.posterior_solver(self.transport.psi, mu, z, c_init=torch.cat([c.unsqueeze(-2), starts], -2))
+        prior = AnchorPrior(anchors, self.transport, self.coeff_scale, self.noise_std, self.prior_solver,
+                            self.closest_anchor)
+        prior_result = prior.infer(z)
+        prior_residual, prior_c = prior.components(z, prior_result)
+        x_hat = self.decode(z)
+        terms = vaells_loss(posterior.residual(z, post.c), post.c, prior_residual, prior_c, self.transport.psi,
+                            weights, x, x_hat)
+        return {"terms": terms, "x": x, "x_hat": x_hat, "mu": mu, "z": z, "c": c, "anchors": anchors, "post": post,
+                "prior": prior_result}
+
+    @torch.no_grad()
+    def _operator_loss(self, out: dict[str, Any], weights: LossWeights) -> Tensor:
+        """The Psi-dependent part of the loss at the current Psi, with the same c, noise and c_hat."""
+        mu, anchors, c = out["mu"].detach(), out["anchors"].detach(), out["c"]
+        eps = out["z"].detach() - out["z_transport"]
+        z = self.transport.transport(mu, c) + eps
+        post_residual = z - self.transport.transport(mu, out["post"].c)
+        prior = AnchorPrior(anchors, self.transport, self.coeff_scale, self.noise_std, self.prior_solver,
+                            self.closest_anchor)
+        prior_residual, prior_c = prior.components(z, out["prior"])
+        return vaells_loss(post_residual, out["post"].c, prior_residual, prior_c, self.transport.psi, weights)["loss"]
+
+    # -- optimization --------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        net_params = [*self.encoder.parameters(), *self.decoder.parameters()]
+        groups = [{"params": [self.transport.psi]}]
+        if self.anchor_inputs is not None and self.anchor_inputs.requires_grad:
+            groups.append({"params": [self.anchor_inputs], "lr": self.anchor_lr})
+        psi_opt = self.psi_optimizer_factory(groups)
+        if self.psi_rule is not None:
+            psi_opt.param_groups[0]["lr"] = self.psi_rule.lr
+        return [self.optimizer_factory(net_params), psi_opt]
+
+    def _step_networks(self, opt) -> None:
+        if self.gradient_clip_val:
+            self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+        opt.step()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        opt_net, opt_psi = self.optimizers()
+        step = self.batch_counter
+        phase = self.schedule.phase(step)
+        if step == self.schedule.warmup_steps and step > 0:  # end of warm-up: the release's StepLR(0.1), once
+            for group in opt_net.param_groups:
+                group["lr"] *= self.post_warmup_lr_factor
+        opt_net.zero_grad()
+        opt_psi.zero_grad()
+        if phase == WARMUP:
+            loss = self._warmup_loss(batch)
+            self.manual_backward(loss)
+            self._step_networks(opt_net)
+            self.log("train/loss", loss, prog_bar=True)
+        else:
+            weights = self.schedule.weights(self.weights, phase)
+            out = self.forward_terms(batch, weights)
+            terms = out["terms"]
+            check_finite_loss(terms, step)
+            self.manual_backward(terms["loss"])
+            if phase in (NET, JOINT):
+                self._step_networks(opt_net)
+            if phase in (PSI, JOINT):
+                self._step_operators(opt_psi, out, weights, terms, step)
+            self._log_terms("train", terms, out)
+        self.log_dict({"train/phase": float(PHASE_CODES[phase]), "train/batch": float(step)})
+        self.batch_counter += 1
+        return None
+
+    def _warmup_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Autoencoder-only warm-up: a small Laplace scale, no latent noise, the recon term alone."""
+        x = batch["x"]
+        z = TransportPosterior(self.encode(x), self.transport, self.warmup_coeff_scale, 0.0).rsample()
+        loss = self.weights.recon * reconstruction_error(x, self.decode(z)).mean()
+        check_finite_loss({"recon": loss}, self.batch_counter)
+        return loss
+
+    def _step_operators(self, opt_psi, out: dict, weights: LossWeights, terms: dict, step: int) -> None:
+        if self.psi_rule is None:
+            opt_psi.step()
+            return
+        # The release's rule: take the step, re-evaluate the operator loss with the same c_hat, undo it if
+        # the loss went up. Only Psi is judged; the anchors' small step is always kept.
+        out["z_transport"] = self.transport.transport(out["mu"].detach(), out["c"]).detach()
+        old_psi = self.transport.psi.detach().clone()
+        old_loss = terms["loss"].detach() - terms["recon"].detach()
+        opt_psi.param_groups[0]["lr"] = self.psi_rule.lr
+        opt_psi.step()
+        new_loss = self._operator_loss(out, weights)
+        accepted = bool(torch.isfinite(new_loss)) and bool(new_loss <= old_loss)
+        if not accepted:
+            with torch.no_grad():
+                self.transport.psi.copy_(old_psi)
+        self.psi_rule.update(accepted, step - self.schedule.warmup_steps)
+        self.log_dict({"train/psi_accept_rate": self.psi_rule.accept_rate})
+
+    def _log_terms(self, stage: str, terms: dict[str, Tensor], out: dict[str, Any]) -> None:
+        prior: InferenceResult = out["prior"]
+        metrics = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
+        metrics[f"{stage}/mse"] = (out["x_hat"] - out["x"]).pow(2).mean().detach()  # per dimension
+        if stage == "train":
+            psi_lr = self.psi_rule.lr if self.psi_rule is not None else self.optimizers()[1].param_groups[0]["lr"]
+            metrics |= {
+                "train/psi_lr": psi_lr,
+                "train/psi_frobenius": self.transport.frobenius().detach(),
+                "train/prior_c_zero_frac": (prior.c == 0).float().mean(),
+                "train/prior_c_abs_mean": prior.c.abs().mean(),
+                "train/post_c_abs_mean": out["post"].c.abs().mean(),
+                "train/prior_solver_iters": prior.num_iters.float().mean(),
+            }
+        self.log_dict(metrics, prog_bar=False, batch_size=out["mu"].shape[0])
+        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=out["mu"].shape[0])
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        out = self.forward_terms(batch, self.weights)
+        self._log_terms("val", out["terms"], out)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vaells"] = {
+            "batch_counter": self.batch_counter,
+            "phase": self.schedule.phase(self.batch_counter),
+            "psi_rule": self.psi_rule.state_dict() if self.psi_rule is not None else None,
+        }
+        if self.run_config is not None:
+            checkpoint["run_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("vaells", {})
+        self.batch_counter = state.get("batch_counter", 0)
+        if self.psi_rule is not None and state.get("psi_rule") is not None:
+            self.psi_rule.load_state_dict(state["psi_rule"])
