@@ -189,11 +189,6 @@ def test_path_end_points_and_extrapolation() -> None:
         torch.testing.assert_close(q[-1], op.transport(z0, c), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: path() prepends the T axis to the generator only, so z0 with more leading dims than c "
-    "misaligns T against z0's batch axis (RuntimeError, or a wrongly shaped result when num_steps == B)",
-)
 @pytest.mark.parametrize("num_steps", [4, 5])
 def test_path_broadcasts_one_coefficient_over_many_points(num_steps: int) -> None:
     op = _operator(3, 2, seed=3)

@@ -25,7 +25,9 @@ def laplace_from_uniform(u: Tensor, scale: float | Tensor) -> Tensor:
     |u| is clamped to 1/2 - U_MARGIN first, so the result is finite even at |u| = 1/2, where the exact
     map is infinite; the clamp moves only a probability mass of ~1e-10 and leaves every moment intact.
     """
-    u_abs = u.abs().clamp(max=0.5 - U_MARGIN)
+    # The margin must survive rounding: in float32, 0.5 - 5e-11 is 0.5, so use at least the dtype's eps.
+    margin = max(U_MARGIN, torch.finfo(u.dtype).eps) if u.is_floating_point() else U_MARGIN
+    u_abs = u.abs().clamp(max=0.5 - margin)
     return -scale * torch.sign(u) * torch.log1p(-2.0 * u_abs)
 
 

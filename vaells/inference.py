@@ -189,9 +189,9 @@ def infer_coefficients(
     coefficient is pinned at zero and does not move), and by the envelope theorem the total derivative of
     E(c_hat(theta); theta) with respect to psi, z0 or z1 equals the partial derivative at fixed c_hat.
     """
-    m = psi.shape[0]
     if psi.dim() != 3 or psi.shape[1] != psi.shape[2]:
         raise ValueError(f"psi must have shape (M, d, d), got {tuple(psi.shape)}")
+    m = psi.shape[0]
     d = psi.shape[-1]
     for name, z in (("z0", z0), ("z1", z1)):
         if z.shape[-1:] != (d,):

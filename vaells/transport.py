@@ -171,9 +171,10 @@ class TransportOperator(nn.Module):
         """
         z0 = self._check_z("z0", z0)
         t = torch.linspace(t_min, t_max, num_steps, dtype=self.psi.dtype, device=self.psi.device)
-        a = self.generator(c)  # (..., d, d)
+        batch = torch.broadcast_shapes(z0.shape[:-1], c.shape[:-1])
+        a = self.generator(c).expand(*batch, self.latent_dim, self.latent_dim)  # (..., d, d)
         expm_ta = expm(t.view(-1, *([1] * a.dim())) * a)  # (T, ..., d, d)
-        return (expm_ta @ z0.unsqueeze(-1)).squeeze(-1)
+        return (expm_ta @ z0.expand(*batch, self.latent_dim).unsqueeze(-1)).squeeze(-1)
 
     def orbit(self, z0: Tensor, m: int, t_values: Tensor) -> Tensor:
         """The path along a single operator: z_t = expm(t Psi_m) z0.  z0 (..., d), t_values (T,) -> (T, ..., d)."""
