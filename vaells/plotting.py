@@ -22,7 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-BACKGROUND = {"s": 4, "color": "0.75", "alpha": 0.6, "linewidths": 0, "zorder": 1}
+BACKGROUND = {"s": 6, "color": "0.65", "alpha": 0.6, "linewidths": 0, "zorder": 1}
 ANCHOR = {"marker": "*", "s": 260, "edgecolors": "black", "linewidths": 1.2, "zorder": 5}
 
 
