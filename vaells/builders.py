@@ -33,7 +33,9 @@ def fill_data_dims(model_cfg: DictConfig, input_shape: tuple[int, ...]) -> None:
 def build_model(cfg: DictConfig, dm: AnchoredDataModule) -> VAELLSModule:
     fill_data_dims(cfg.model, dm.input_shape)
     model = hydra.utils.instantiate(cfg.model, anchors=dm.anchors, anchor_labels=dm.anchor_labels)
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    # Stored in the checkpoint so evaluate.py rebuilds exactly this run (resolved: run paths become literal).
+    model.run_config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                        for k, v in cfg.items() if k != "hydra"}
     return model
 
 

@@ -10,7 +10,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, constraints
 
 from vaells.inference import CoefficientSolver, InferenceResult
 from vaells.transport import TransportOperator, check_finite
@@ -78,6 +78,7 @@ class TransportPosterior(Distribution):
     """
 
     arg_constraints: dict = {}
+    support = constraints.real_vector
     has_rsample = True
 
     def __init__(
@@ -147,6 +148,7 @@ class AnchorPrior(Distribution):
     """
 
     arg_constraints: dict = {}
+    support = constraints.real_vector
     has_rsample = True
 
     def __init__(

@@ -75,17 +75,17 @@ def expm_frechet_apply(a: Tensor, psi: Tensor, z0: Tensor, theta: float = 0.5) -
     psi_cat = psi.permute(1, 0, 2).reshape(d, m * d)  # [i, (m, j)] = Psi_m[i, j]
     psi_scale = torch.exp2(-s)[:, None, None]  # d(A / 2^s)/dc_m = Psi_m / 2^s
     eye = torch.eye(d, dtype=a.dtype, device=a.device)
-    x = eye.expand(q, d, d)
+    x = eye.expand(q, d, d).contiguous()
     dx = a.new_zeros(q, d * m, d)
     for k in range(degree, 0, -1):  # X <- I + X A / k ;  dX_m <- (dX_m A + X Psi_m / 2^s) / k
-        x_psi = (x @ psi_cat).view(q, d * m, d) * psi_scale
-        dx = (dx @ a + x_psi) / k
-        x = eye + (x @ a) / k
+        x_psi = (x.reshape(q * d, d) @ psi_cat).view(q, d * m, d) * psi_scale
+        dx = (torch.bmm(dx, a) + x_psi) / k
+        x = eye + torch.bmm(x, a) / k
     for j in range(int(s.max()) if s.numel() else 0):  # (X, dX) <- (X X, X dX + dX X)
         square = (s > j)[:, None, None]
-        x_dx = (x @ dx.view(q, d, m * d)).view(q, d * m, d)
-        dx = torch.where(square, x_dx + dx @ x, dx)
-        x = torch.where(square, x @ x, x)
+        x_dx = torch.bmm(x, dx.view(q, d, m * d)).view(q, d * m, d)
+        dx = torch.where(square, x_dx + torch.bmm(dx, x), dx)
+        x = torch.where(square, torch.bmm(x, x), x)
     tz0 = (x @ z0.unsqueeze(-1)).squeeze(-1)
     jac = (dx @ z0.unsqueeze(-1)).view(q, d, m)
     return tz0, jac

@@ -113,6 +113,7 @@ class SwissRollDataModule(_InMemoryDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         self.save_hyperparameters()
+        _check_anchor_count(anchors_per_class, num_train)
         seeds = split_seeds(seed)
         kwargs = dict(noise_std=noise_std, ambient_dim=ambient_dim, projection_seed=projection_seed)
         self.train_data = make_swiss_roll(num_train, seed=seeds[0], **kwargs)
@@ -128,6 +129,16 @@ class SwissRollDataModule(_InMemoryDataModule):
         self.anchors_per_class = anchors_per_class
         self.num_classes = 1
         self.input_shape = (ambient_dim,)
+
+
+def _check_anchor_count(anchors_per_class: int, train_per_class: int) -> None:
+    """The synthetic anchors are generated on the manifold, but more of them than training samples in a
+    class is a mistake (the prior would outnumber the data it regularises): stop before training."""
+    if not 1 <= anchors_per_class <= train_per_class:
+        raise ValueError(
+            f"data.anchors_per_class={anchors_per_class} must be between 1 and the number of training samples "
+            f"per class ({train_per_class}); lower data.anchors_per_class"
+        )
 
 
 class ConcentricCirclesDataModule(_InMemoryDataModule):
@@ -148,6 +159,7 @@ class ConcentricCirclesDataModule(_InMemoryDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         self.save_hyperparameters()
+        _check_anchor_count(anchors_per_class, num_train_per_class)
         seeds = split_seeds(seed)
         kwargs = dict(noise_std=noise_std, ambient_dim=ambient_dim, projection_seed=projection_seed)
         self.train_data = make_concentric_circles(num_train_per_class, seed=seeds[0], **kwargs)
