@@ -29,7 +29,8 @@ def main(cfg: DictConfig) -> None:
     model = build_model(run_cfg, dm)
     model.load_state_dict(checkpoint["state_dict"])
     out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
-    metrics = evaluate_model(model, dm, figures_dir=out / "figures")
+    metrics = evaluate_model(model, dm, figures_dir=out / "figures",
+                             classifier_cache=Path(__file__).resolve().parent / "data" / "classifiers")
     metrics["ckpt_path"] = str(cfg.ckpt_path)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     width = max(len(k) for k in metrics)

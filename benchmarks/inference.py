@@ -11,6 +11,7 @@ Both solvers get identical problems and identical starts. Prints a table, then o
 
     python benchmarks/inference.py                 # all four settings, CPU
     python benchmarks/inference.py --device cuda   # the project's solver on a GPU (reference stays on CPU)
+    python benchmarks/inference.py --settings swiss_roll --repeats 3
 """
 
 from __future__ import annotations
@@ -158,7 +159,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of the project's solver")
     parser.add_argument("--settings", nargs="*", default=[s.name for s in SETTINGS])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: the solver's ops are tiny; the reference also runs on one)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     unknown = set(args.settings) - {s.name for s in SETTINGS}
     if unknown:
         parser.error(f"unknown setting(s) {sorted(unknown)}; choose from {[s.name for s in SETTINGS]}")

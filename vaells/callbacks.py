@@ -153,7 +153,13 @@ class LatentFigures(pl.Callback):
         if dataloader is None:
             raise ValueError("LatentFigures needs validation data: give the Trainer a datamodule or val_dataloaders")
         with self._seeded(_module_device(pl_module)):  # iterating a DataLoader draws from the global RNG too
-            return self.figures_for(pl_module, self.collect(dataloader))
+            figs = self.figures_for(pl_module, self.collect(dataloader))
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and len(getattr(dm, "input_shape", ())) == 3 and hasattr(pl_module, "transport"):
+            from vaells.image_figures import build_image_figures  # image data only (paper Fig. 5-7)
+
+            figs |= build_image_figures(pl_module, dm, seed=self.seed)
+        return figs
 
     @contextmanager
     def _seeded(self, device: torch.device) -> Iterator[None]:

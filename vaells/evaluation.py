@@ -24,7 +24,12 @@ def encode_split(model: VAELLSModule, loader) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate_model(model: VAELLSModule, dm: AnchoredDataModule, figures_dir: Path | None = None) -> dict:
+def evaluate_model(
+    model: VAELLSModule,
+    dm: AnchoredDataModule,
+    figures_dir: Path | None = None,
+    classifier_cache: Path | None = None,
+) -> dict:
     """mse (per dimension, from a posterior sample), elbo (the training objective's negative without the
     dictionary term, i.e. the release's "ELBO" metric), and the latent-structure metrics the data allows:
     knn_accuracy (k = 5, labelled data), trustworthiness and continuity (k = 10, against true coordinates)."""
@@ -46,6 +51,9 @@ def evaluate_model(model: VAELLSModule, dm: AnchoredDataModule, figures_dir: Pat
     if "coords" in test:
         metrics["trustworthiness"] = trustworthiness(test["coords"], test["mu"], k=10)
         metrics["continuity"] = continuity(test["coords"], test["mu"], k=10)
+    from vaells.mnist_metrics import mnist_metrics  # {} for non-MNIST data
+
+    metrics |= mnist_metrics(model, dm, seed=0, cache_dir=classifier_cache)
     if figures_dir is not None:
         from vaells.callbacks import LatentFigures  # matplotlib only when figures are wanted
 

@@ -16,9 +16,9 @@ def check_finite(name: str, value: Tensor) -> None:
         raise ValueError(f"{name} contains NaN or inf values; check the inputs (or a diverged model) upstream")
 
 
-def _taylor_degree(rho: float, dtype: torch.dtype) -> int:
-    """Smallest Taylor degree K with rho^(K+1) / (K+1)! below the dtype's unit roundoff."""
-    eps, term, k = torch.finfo(dtype).eps / 2, rho, 1
+def _taylor_degree(rho: float, dtype: torch.dtype, tol: float | None = None) -> int:
+    """Smallest Taylor degree K with rho^(K+1) / (K+1)! below ``tol`` (default: the dtype's unit roundoff)."""
+    eps, term, k = (tol if tol is not None else torch.finfo(dtype).eps / 2), rho, 1
     while term > eps and k < 30:
         k += 1
         term *= rho / k
@@ -56,7 +56,9 @@ def expm(a: Tensor) -> Tensor:
     return _expm_taylor(a)
 
 
-def expm_frechet_apply(a: Tensor, psi: Tensor, z0: Tensor, theta: float = 0.5) -> tuple[Tensor, Tensor]:
+def expm_frechet_apply(
+    a: Tensor, psi: Tensor, z0: Tensor, theta: float = 0.5, tangent_tol: float | None = None
+) -> tuple[Tensor, Tensor]:
     """T z0 = expm(A) z0 and its Jacobian columns L(A, Psi_m) z0, where L is the Frechet derivative of expm.
 
     a (Q, d, d), psi (M, d, d), z0 (Q, d) -> T z0 (Q, d), jacobian (Q, d, M). Not differentiable (inference).
@@ -72,20 +74,24 @@ def expm_frechet_apply(a: Tensor, psi: Tensor, z0: Tensor, theta: float = 0.5) -
     q, d, _ = a.shape
     m = psi.shape[0]
     s, a, degree = _scale_for_taylor(a, theta)
+    # The tangents need only the low-order terms of the series when a relative error `tangent_tol` will do
+    # (a solver's Jacobian): ||A / 2^s|| <= theta, so the dropped terms are below theta^k / k!.
+    tangent_degree = degree if tangent_tol is None else min(degree, _taylor_degree(theta, a.dtype, tangent_tol))
     psi_cat = psi.permute(1, 0, 2).reshape(d, m * d)  # [i, (m, j)] = Psi_m[i, j]
     psi_scale = torch.exp2(-s)[:, None, None]  # d(A / 2^s)/dc_m = Psi_m / 2^s
     eye = torch.eye(d, dtype=a.dtype, device=a.device)
     x = eye.expand(q, d, d).contiguous()
     dx = a.new_zeros(q, d * m, d)
     for k in range(degree, 0, -1):  # X <- I + X A / k ;  dX_m <- (dX_m A + X Psi_m / 2^s) / k
-        x_psi = (x.reshape(q * d, d) @ psi_cat).view(q, d * m, d) * psi_scale
-        dx = (torch.bmm(dx, a) + x_psi) / k
+        if k <= tangent_degree:
+            x_psi = (x.reshape(q * d, d) @ psi_cat).view(q, d * m, d) * psi_scale
+            dx = (torch.bmm(dx, a) + x_psi) / k
         x = eye + torch.bmm(x, a) / k
     for j in range(int(s.max()) if s.numel() else 0):  # (X, dX) <- (X X, X dX + dX X)
-        square = (s > j)[:, None, None]
-        x_dx = torch.bmm(x, dx.view(q, d, m * d)).view(q, d * m, d)
-        dx = torch.where(square, x_dx + torch.bmm(dx, x), dx)
-        x = torch.where(square, torch.bmm(x, x), x)
+        rows = (s > j).nonzero().squeeze(-1)  # only the matrices that were scaled this far
+        xs, dxs = x[rows], dx[rows]
+        dx[rows] = torch.bmm(xs, dxs.view(-1, d, m * d)).view(-1, d * m, d) + torch.bmm(dxs, xs)
+        x[rows] = torch.bmm(xs, xs)
     tz0 = (x @ z0.unsqueeze(-1)).squeeze(-1)
     jac = (dx @ z0.unsqueeze(-1)).view(q, d, m)
     return tz0, jac

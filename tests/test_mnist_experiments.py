@@ -1,0 +1,312 @@
+"""Rotated and natural MNIST experiments on tiny generated IDX files: the configs compose and build, both
+experiments pass a ``fast_dev_run`` through ``train.py``, missing data stops with a useful message, and every
+image metric lands in its range and can fail. No network, no files outside the repository and tmp_path."""
+
+from __future__ import annotations
+
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, compose_train
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from vaells.builders import build_datamodule, build_model
+from vaells.callbacks import save_figures
+from vaells.data.mnist import MNIST_RAW_FILES, MNISTDataModule, RotatedMNISTDataModule, rotate
+from vaells.image_figures import build_image_figures, extrapolated_paths, operator_paths, posterior_ring
+from vaells.mnist_metrics import (
+    cached_classifier,
+    class_preservation,
+    coefficient_span,
+    mnist_metrics,
+    pearson_matrix,
+    predict,
+    rotation_metrics,
+    spearman,
+    train_classifier,
+)
+from vaells.transport import TransportOperator
+
+NUM_TRAIN_FILE, NUM_TEST_FILE = 120, 40  # 100 train / 20 val: 10 per class, enough for 8 anchors per class
+# One off-centre square per class: easy to classify, and no pattern looks the same after a rotation.
+SQUARES = [(4, 4), (4, 12), (4, 19), (12, 4), (12, 19), (19, 4), (19, 12), (19, 19), (8, 15), (15, 8)]
+
+
+# -- fixtures ----------------------------------------------------------------------------------------------
+def _write_idx(path: Path, array: Tensor) -> None:
+    """A uint8 tensor as an IDX file: magic 0x08 (ubyte) + ndim, big-endian sizes, raw bytes."""
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.numpy().tobytes())
+
+
+def _class_digits(n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """n images 28x28 uint8: faint noise and a bright 5x5 square at the class's place, jittered by 1 pixel;
+    labels 0..9 in turn (not sorted, so the release's head/tail split applies)."""
+    labels = torch.arange(n) % 10
+    images = (torch.rand(n, 28, 28, generator=gen) * 40).to(torch.uint8)
+    jitter = torch.randint(-1, 2, (n, 2), generator=gen)
+    for i in range(n):
+        r, c = (torch.tensor(SQUARES[int(labels[i])]) + jitter[i]).tolist()
+        images[i, r:r + 5, c:c + 5] = 255
+    return images, labels.to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", NUM_TRAIN_FILE), ("t10k", NUM_TEST_FILE)):
+        images, labels = _class_digits(n, gen)
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+def _train(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def cli_runs(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, str, Path]]:
+    """Three real ``python train.py`` runs at once (each pays ~10 s of imports): a fast_dev_run per experiment,
+    and rotated MNIST pointed at an empty data root."""
+    base = tmp_path_factory.mktemp("runs")
+    empty = tmp_path_factory.mktemp("no_mnist")
+    common = ["data.download=false", "~callbacks.latent_figures"]
+    jobs = {}
+    for experiment in ("rotated_mnist", "natural_mnist"):
+        out = base / experiment
+        jobs[experiment] = (_train(f"experiment={experiment}", f"data.root={mnist_root}", *common,
+                                   "trainer.fast_dev_run=true", f"hydra.run.dir={out}", cwd=base), out)
+    out = base / "missing"
+    jobs["missing"] = (_train("experiment=rotated_mnist", f"data.root={empty}", *common, f"hydra.run.dir={out}",
+                              cwd=base), empty)
+    results = {}
+    for name, (proc, path) in jobs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        results[name] = (proc.returncode, stdout, stderr, path)
+    return results
+
+
+def _built(experiment: str, root: Path, tmp_path: Path):
+    cfg = compose_train([f"experiment={experiment}", f"data.root={root}", "data.download=false"], tmp_path)
+    dm = build_datamodule(cfg)
+    return cfg, dm, build_model(cfg, dm)
+
+
+# -- configs and the app -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("experiment", "d", "m", "n_a", "size", "dm_class"),
+    [("rotated_mnist", 10, 1, 10, 32, RotatedMNISTDataModule), ("natural_mnist", 6, 8, 8, 28, MNISTDataModule)],
+)
+def test_experiment_composes_and_builds(experiment, d, m, n_a, size, dm_class, mnist_root, tmp_path) -> None:
+    cfg, dm, model = _built(experiment, mnist_root, tmp_path)
+    assert (cfg.model.latent_dim, cfg.model.num_operators, cfg.data.anchors_per_class) == (d, m, n_a)
+    assert cfg.model.latent_scale == 10.0 and cfg.model.weights.recon == 1.0 and cfg.model.closest_anchor
+    schedule = cfg.model.schedule
+    assert schedule.alternate and (schedule.net_steps, schedule.psi_steps) == (20, 60)
+    assert schedule.net_prior_scale == schedule.psi_recon_scale == 1e-4
+    assert isinstance(dm, dm_class) and dm.input_shape == (1, size, size)
+    x = torch.zeros(2, *dm.input_shape)
+    assert model.decode(model.encode(x)).shape == x.shape
+    assert model.transport.num_operators == m and model.transport.latent_dim == d
+    if experiment == "natural_mnist":  # class-matched anchors, learned in pixel space
+        assert model.anchor_inputs.shape == (10 * n_a, 1, 28, 28) and model.anchor_inputs.requires_grad
+    else:  # per-sample anchors travel with the batch
+        assert model.anchor_inputs is None and next(iter(dm.train_dataloader()))["anchors"].shape[1] == n_a
+
+
+@pytest.mark.parametrize("experiment", ["rotated_mnist", "natural_mnist"])
+def test_fast_dev_run(experiment: str, cli_runs) -> None:
+    code, out, err, run_dir = cli_runs[experiment]
+    assert code == 0, err[-3000:]
+    assert f"Run directory: {run_dir}" in out
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_missing_data_names_the_path_and_data_root(cli_runs) -> None:
+    code, out, err, empty = cli_runs["missing"]
+    assert code != 0
+    assert str(empty / "MNIST" / "raw") in err
+    assert "data.root" in err and all(name in err for name in MNIST_RAW_FILES)
+    assert "Run directory" not in out  # it stopped before training
+
+
+# -- rotation metrics ------------------------------------------------------------------------------------
+class RotationOracle(nn.Module):
+    """A perfect rotated-MNIST model for a few known digits: it encodes an image by lookup as
+    (cos theta, sin theta, one-hot digit), decodes by rotating the stored digit, and its single operator
+    turns the (cos, sin) plane (``rotating``) or, as a failing control, mixes the digit codes instead."""
+
+    def __init__(self, digits: Tensor, rotating: bool, omega: float = 0.05) -> None:
+        super().__init__()
+        k = digits.shape[0]
+        self.digits = digits
+        self.table = rotate(digits.repeat_interleave(360, 0), torch.arange(360.0).repeat(k))  # (K * 360, 1, H, W)
+        self.transport = TransportOperator(2 + k, 1, init_std=0.0)
+        i, j = (0, 1) if rotating else (2, 3)
+        with torch.no_grad():
+            self.transport.psi[0, i, j], self.transport.psi[0, j, i] = -omega, omega
+        self.coeff_scale, self.noise_std = 1.0, 0.0
+
+    def encode(self, x: Tensor) -> Tensor:
+        best = pearson_matrix(x.float(), self.table).argmax(-1)  # (N,)
+        theta = torch.deg2rad((best % 360).double())
+        code = nn.functional.one_hot(best // 360, self.digits.shape[0]).double()
+        return torch.cat([theta.cos()[:, None], theta.sin()[:, None], code], -1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        theta = torch.rad2deg(torch.atan2(z[:, 1], z[:, 0])).float()
+        return rotate(self.digits[z[:, 2:].argmax(-1)], theta)
+
+
+def _upright(root: Path, n: int) -> Tensor:
+    dm = RotatedMNISTDataModule(root=str(root), download=False)
+    dm.setup("test")
+    return torch.stack([dm.test_set[i]["digit"] for i in range(n)])
+
+
+def test_rotation_metrics_pass_for_a_rotation_and_fail_without_one(mnist_root: Path) -> None:
+    digits = _upright(mnist_root, 4)
+    good = rotation_metrics(RotationOracle(digits, rotating=True), digits, num_frames=121)
+    assert good["rotation_ceiling"] > 0.99
+    assert good["rotation_match"] >= 0.95 * good["rotation_ceiling"]
+    assert good["rotation_order"] > 0.95
+    assert math.isclose(good["rotation_coeff_span"], math.pi / 0.05)
+    bad = rotation_metrics(RotationOracle(digits, rotating=False), digits, num_frames=121)
+    assert bad["rotation_ceiling"] > 0.99  # the same perfect autoencoder ...
+    assert bad["rotation_match"] < 0.8 * bad["rotation_ceiling"]  # ... but its operator does not rotate
+    assert bad["rotation_order"] < 0.5
+
+
+def test_untrained_model_scores_low_on_rotation(mnist_root: Path, tmp_path: Path) -> None:
+    _, dm, model = _built("rotated_mnist", mnist_root, tmp_path)
+    metrics = mnist_metrics(model, dm, num_digits=8)
+    assert set(metrics) >= {"rotation_match", "rotation_ceiling", "rotation_order"}
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert -1 <= metrics["rotation_match"] <= 1 and -1 <= metrics["rotation_ceiling"] <= 1
+    assert 0 <= metrics["rotation_order"] < 0.9
+
+
+def test_coefficient_span_and_spearman() -> None:
+    psi = torch.zeros(4, 4, dtype=torch.float64)
+    psi[0, 1], psi[1, 0] = -0.02, 0.02  # slow plane, where the points move
+    psi[2, 3], psi[3, 2] = -0.5, 0.5  # fast plane, which the points barely occupy
+    mu = torch.tensor([[1.0, 0.0, 1e-4, 0.0], [0.0, 1.0, 0.0, 1e-4]], dtype=torch.float64)
+    assert math.isclose(coefficient_span(psi, mu), math.pi / 0.02)
+    assert coefficient_span(torch.zeros(4, 4), mu) == 1.0
+    assert spearman(np.arange(5), np.array([0, 2, 2, 3, 9])) > 0.9
+    assert spearman(np.arange(5), np.zeros(5)) == 0.0  # constant: no order at all
+
+
+# -- class metrics ---------------------------------------------------------------------------------------
+def _split(root: Path) -> tuple[MNISTDataModule, Tensor, Tensor, Tensor, Tensor]:
+    from vaells.mnist_metrics import dataset_tensors
+
+    dm = MNISTDataModule(root=str(root), download=False)
+    dm.setup("fit")
+    return (dm, *dataset_tensors(dm.train_set), *dataset_tensors(dm.test_set))
+
+
+class ClassOracle(nn.Module):
+    """Encodes a digit as the one-hot code of its nearest class template and decodes the template; its operator
+    is zero (posterior samples keep the class) or a strong cyclic mixing of the codes (a failing control)."""
+
+    def __init__(self, templates: Tensor, mixing: float) -> None:
+        super().__init__()
+        self.templates = templates
+        shift = torch.roll(torch.eye(10, dtype=torch.float64), 1, dims=0)
+        self.transport = TransportOperator(10, 1, init_std=0.0)
+        with torch.no_grad():
+            self.transport.psi[0] = mixing * (shift - shift.T)
+        self.coeff_scale, self.noise_std = 1.0, 1e-3
+
+    def encode(self, x: Tensor) -> Tensor:
+        return nn.functional.one_hot(pearson_matrix(x, self.templates).argmax(-1), 10).double()
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.templates[z.argmax(-1)]
+
+
+def test_classifier_learns_real_labels_and_not_random_ones(mnist_root: Path) -> None:
+    _, x_train, y_train, x_test, y_test = _split(mnist_root)
+    clf = train_classifier(x_train, y_train, steps=120, seed=0)
+    assert float((predict(clf, x_test) == y_test).float().mean()) >= 0.9
+    shuffled = y_train[torch.randperm(y_train.numel(), generator=torch.Generator().manual_seed(1))]
+    noise = train_classifier(x_train, shuffled, steps=120, seed=0)
+    assert float((predict(noise, x_test) == y_test).float().mean()) <= 0.4
+
+
+def test_class_preservation_passes_and_fails(mnist_root: Path, tmp_path: Path) -> None:
+    _, x_train, y_train, x_test, y_test = _split(mnist_root)
+    clf = cached_classifier(x_train, y_train, steps=120, seed=0, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("digit_cnn_*.pt"))) == 1
+    again = cached_classifier(x_train, y_train, steps=120, seed=0, cache_dir=tmp_path)  # loaded, not retrained
+    assert torch.equal(predict(clf, x_test), predict(again, x_test))
+    templates = torch.stack([x_train[y_train == k].mean(0) for k in range(10)])
+    keep = class_preservation(ClassOracle(templates, 0.0), clf, x_test, y_test)
+    mix = class_preservation(ClassOracle(templates, 3.0), clf, x_test, y_test)
+    assert keep >= 0.9 and mix <= 0.6
+
+
+def test_mnist_metrics_on_an_untrained_natural_model(mnist_root: Path, tmp_path: Path) -> None:
+    _, dm, model = _built("natural_mnist", mnist_root, tmp_path)
+    metrics = mnist_metrics(model, dm, num_digits=20, classifier_steps=60, num_samples=3)
+    assert set(metrics) == {"classifier_accuracy", "class_preservation"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert mnist_metrics(model, object()) == {}  # other data: nothing to add
+
+
+# -- figures ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("experiment", "names"), [
+    ("rotated_mnist", {"posterior_ring", "extrapolated_paths"}),
+    ("natural_mnist", {"posterior_ring", "extrapolated_paths", "operator_paths"}),
+])
+def test_image_figures(experiment: str, names: set[str], mnist_root: Path, tmp_path: Path) -> None:
+    _, dm, model = _built(experiment, mnist_root, tmp_path)
+    model.train()
+    psi = model.transport.psi.detach().clone()
+    figs = build_image_figures(model, dm, num_digits=3)
+    assert set(figs) == names and all(isinstance(f, Figure) for f in figs.values())
+    assert model.training and torch.equal(psi, model.transport.psi)  # mode restored, nothing changed
+    paths = save_figures(figs, tmp_path / "figures")
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_figure_builders_take_explicit_settings(mnist_root: Path) -> None:
+    digits = _upright(mnist_root, 2)
+    oracle = RotationOracle(digits, rotating=True)
+    assert isinstance(posterior_ring(oracle, digits, num_samples=5, spread=2.0), Figure)
+    assert isinstance(extrapolated_paths(oracle, digits[0], coeff_range=(-10.0, 10.0), steps=4), Figure)
+    assert isinstance(operator_paths(oracle, digits[:1], steps=5), Figure)
+    with pytest.raises(ValueError, match="num_samples"):
+        posterior_ring(oracle, digits, num_samples=0)
+
+
+class _LoaderOnlyData:
+    """An image DataModule without ``test_set``: figures take their digits from the test loader."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x
+
+    def setup(self, stage: str) -> None:
+        pass
+
+    def test_dataloader(self):
+        return [{"x": self.x, "label": torch.arange(self.x.shape[0]) % 2}]
+
+
+def test_figures_from_a_datamodule_without_a_test_set(mnist_root: Path) -> None:
+    digits = _upright(mnist_root, 4)
+    figs = build_image_figures(RotationOracle(digits, rotating=True), _LoaderOnlyData(digits), num_digits=3)
+    assert set(figs) == {"posterior_ring", "extrapolated_paths"}
