@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vaells.inference import CoefficientSolver, energy, restart_inits
+from vaells.inference import CoefficientSolver, energy, infer_jointly, restart_inits
 from vaells.reference import reference_infer
 from vaells.transport import expm, generator_matrix
 
@@ -123,9 +123,9 @@ def time_project(p: dict, s: Setting, device: str, repeats: int) -> tuple[float,
     post = CoefficientSolver(l1_weight=POSTERIOR_L1, restarts=POSTERIOR_RESTARTS)
     t = {k: v.to(device) for k, v in p.items()}
 
-    def run():
-        rp = prior(t["psi"], t["prior_z0"], t["prior_z1"], c_init=t["prior_init"])
-        rq = post(t["psi"], t["post_z0"], t["post_z1"], c_init=t["post_init"])
+    def run():  # one training step's inference: prior and posterior problems in one program
+        rp, rq = infer_jointly(t["psi"], [(prior, t["prior_z0"], t["prior_z1"], t["prior_init"]),
+                                          (post, t["post_z0"], t["post_z1"], t["post_init"])])
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return rp, rq

@@ -67,7 +67,7 @@ def restart_inits(
     return lo + (hi - lo) * u
 
 
-def energy(psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float) -> Tensor:
+def energy(psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float | Tensor) -> Tensor:
     """E(c) = 1/2 ||z1 - T(c) z0||^2 + lambda ||c||_1.  z0, z1 (..., d), c (..., M) -> (...,)."""
     tz0 = (expm(generator_matrix(psi, c)) @ z0.to(psi.dtype).unsqueeze(-1)).squeeze(-1)
     return 0.5 * (z1.to(psi.dtype) - tz0).pow(2).sum(-1) + l1_weight * c.to(psi.dtype).abs().sum(-1)
@@ -195,62 +195,115 @@ def infer_coefficients(
     coefficient is pinned at zero and does not move), and by the envelope theorem the total derivative of
     E(c_hat(theta); theta) with respect to psi, z0 or z1 equals the partial derivative at fixed c_hat.
     """
+    _check_settings(psi, l1_weight, max_iter)
+    dtype = dtype or psi.dtype
+    psi = psi.detach().to(dtype)
+    flat = _flatten(psi, z0, z1, c_init, restarts, generator)
+    l1 = torch.full((flat.c.shape[0],), float(l1_weight), dtype=dtype, device=psi.device)
+    solution = _solve(psi, flat.z0, flat.z1, flat.c, l1, max_iter, ftol, max_norm)
+    return flat.best(solution.c, solution.energy, solution.num_iters)
+
+
+@torch.no_grad()
+def infer_jointly(
+    psi: Tensor, requests: Sequence[tuple[CoefficientSolver, Tensor, Tensor, Tensor | None]]
+) -> list[InferenceResult]:
+    """Several inference problems, each with its own solver settings (lambda, restarts), in one program.
+
+    ``requests`` holds (solver, z0, z1, c_init) tuples, e.g. a training step's posterior (mu -> z) and
+    prior (anchors -> z) problems. They share one solver loop, so its per-iteration overhead, which
+    dominates for small d and M, is paid once instead of once per problem. The iteration cap is the largest
+    of the solvers', ftol the smallest. Returns one ``InferenceResult`` per request, as
+    ``infer_coefficients`` would.
+    """
+    solvers = [r[0] for r in requests]
+    dtype = next((sv.dtype for sv in solvers if sv.dtype is not None), psi.dtype)
+    for sv in solvers:
+        _check_settings(psi, sv.l1_weight, sv.max_iter)
+    psi = psi.detach().to(dtype)
+    flats = [_flatten(psi, z0, z1, c_init, sv.restarts, None) for sv, z0, z1, c_init in requests]
+    sizes = [f.c.shape[0] for f in flats]
+    l1 = torch.cat([torch.full((n,), sv.l1_weight, dtype=dtype, device=psi.device)
+                    for sv, n in zip(solvers, sizes, strict=True)])
+    ftols = [sv.ftol for sv in solvers if sv.ftol is not None]
+    solution = _solve(
+        psi, torch.cat([f.z0 for f in flats]), torch.cat([f.z1 for f in flats]), torch.cat([f.c for f in flats]),
+        l1, max(sv.max_iter for sv in solvers), min(ftols) if ftols else None, 20.0,
+    )
+    parts = zip(*(t.split(sizes) for t in (solution.c, solution.energy, solution.num_iters)), strict=True)
+    return [f.best(c, e, it) for f, (c, e, it) in zip(flats, parts, strict=True)]
+
+
+def _check_settings(psi: Tensor, l1_weight: float, max_iter: int) -> None:
     if psi.dim() != 3 or psi.shape[1] != psi.shape[2]:
         raise ValueError(f"psi must have shape (M, d, d), got {tuple(psi.shape)}")
-    m = psi.shape[0]
-    d = psi.shape[-1]
-    for name, z in (("z0", z0), ("z1", z1)):
-        if z.shape[-1:] != (d,):
-            raise ValueError(f"{name} must have shape (..., d={d}), got {tuple(z.shape)}")
     if l1_weight < 0:
         raise ValueError(f"l1_weight must be >= 0, got {l1_weight}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     check_finite("psi", psi)
-    check_finite("z0", z0)
-    check_finite("z1", z1)
 
-    dtype = dtype or psi.dtype
-    psi = psi.detach().to(dtype)
+
+@dataclass
+class _Flat:
+    """Pairs and restarts flattened into Q = prod(batch_shape) * R independent problems."""
+
+    z0: Tensor  # (Q, d)
+    z1: Tensor  # (Q, d)
+    c: Tensor  # (Q, M) starts
+    batch_shape: torch.Size
+    num_restarts: int
+
+    def best(self, c: Tensor, e: Tensor, it: Tensor) -> InferenceResult:
+        """The lowest-energy restart of each pair, in the caller's batch shape."""
+        m, shape, r = c.shape[-1], self.batch_shape, self.num_restarts
+        c_all, e_all, it_all = c.view(*shape, r, m), e.view(*shape, r), it.view(*shape, r)
+        best = e_all.argmin(-1, keepdim=True)  # (..., 1)
+        return InferenceResult(
+            c=c_all.gather(-2, best.unsqueeze(-1).expand(*shape, 1, m)).squeeze(-2),
+            energy=e_all.gather(-1, best).squeeze(-1),
+            num_iters=it_all.gather(-1, best).squeeze(-1),
+        )
+
+
+def _flatten(
+    psi: Tensor,
+    z0: Tensor,
+    z1: Tensor,
+    c_init: Tensor | None,
+    restarts: Sequence[Sequence[float]],
+    generator: torch.Generator | None,
+) -> _Flat:
+    m, d = psi.shape[0], psi.shape[-1]
+    for name, z in (("z0", z0), ("z1", z1)):
+        if z.shape[-1:] != (d,):
+            raise ValueError(f"{name} must have shape (..., d={d}), got {tuple(z.shape)}")
+        check_finite(name, z)
     batch_shape = torch.broadcast_shapes(z0.shape[:-1], z1.shape[:-1])
     if c_init is None:
-        c_init = restart_inits(batch_shape, m, restarts, generator=generator, dtype=dtype, device=psi.device)
+        c_init = restart_inits(batch_shape, m, restarts, generator=generator, dtype=psi.dtype, device=psi.device)
     else:
         if c_init.shape[-1] != m:
             raise ValueError(f"c_init must have shape (..., M={m}) or (..., R, M), got {tuple(c_init.shape)}")
         check_finite("c_init", c_init)
-        c_init = c_init.detach().to(dtype)
+        c_init = c_init.detach().to(psi.dtype)
         if c_init.shape[:-1] == batch_shape:
             c_init = c_init.unsqueeze(-2)
         c_init = c_init.expand(*batch_shape, c_init.shape[-2], m)
-    num_restarts = c_init.shape[-2]
-
-    # Flatten (pair, restart) into Q independent problems.
-    z0q = z0.detach().to(dtype).expand(*batch_shape, d).unsqueeze(-2).expand(*batch_shape, num_restarts, d)
-    z1q = z1.detach().to(dtype).expand(*batch_shape, d).unsqueeze(-2).expand(*batch_shape, num_restarts, d)
-    z0q, z1q = z0q.reshape(-1, d), z1q.reshape(-1, d)
-    c = c_init.reshape(-1, m).clone()
-
-    solution = _solve(psi, z0q, z1q, c, l1_weight, max_iter, ftol, max_norm)
-    c_all = solution.c.view(*batch_shape, num_restarts, m)
-    e_all = solution.energy.view(*batch_shape, num_restarts)
-    it_all = solution.num_iters.view(*batch_shape, num_restarts)
-    best = e_all.argmin(-1, keepdim=True)  # (..., 1)
-    return InferenceResult(
-        c=c_all.gather(-2, best.unsqueeze(-1).expand(*batch_shape, 1, m)).squeeze(-2),
-        energy=e_all.gather(-1, best).squeeze(-1),
-        num_iters=it_all.gather(-1, best).squeeze(-1),
-    )
+    r = c_init.shape[-2]
+    z0q = z0.detach().to(psi.dtype).expand(*batch_shape, d).unsqueeze(-2).expand(*batch_shape, r, d)
+    z1q = z1.detach().to(psi.dtype).expand(*batch_shape, d).unsqueeze(-2).expand(*batch_shape, r, d)
+    return _Flat(z0q.reshape(-1, d), z1q.reshape(-1, d), c_init.reshape(-1, m).clone(), batch_shape, r)
 
 
 def _solve(
-    psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float, max_iter: int, ftol: float | None,
+    psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: Tensor, max_iter: int, ftol: float | None,
     max_norm: float,
     max_step: float = 1.0,
 ) -> InferenceResult:
-    """Proximal Levenberg-Marquardt on Q flattened problems: z0, z1 (Q, d), c (Q, M) initial."""
+    """Proximal Levenberg-Marquardt on Q flattened problems: z0, z1 (Q, d), c (Q, M) initial, lambda (Q,)."""
     q, m = c.shape
-    z0_all, z1_all = z0, z1
+    z0_all, z1_all, l1_all = z0, z1, l1_weight
     eps = torch.finfo(c.dtype).eps
     xtol = eps**0.5  # relative step size at which a pair counts as converged
     ftol = ftol if ftol is not None else max(16 * eps, 1e-12)
@@ -314,8 +367,8 @@ def _solve(
         if bool(done.any()):
             out_c[idx[done]], out_it[idx[done]] = c[done], its[done]
             keep = ~done
-            idx, c, r, g, jac, s2, mu, nu, its, boost, decay = (
-                t[keep] for t in (idx, c, r, g, jac, s2, mu, nu, its, boost, decay)
+            idx, c, r, g, jac, s2, mu, nu, its, boost, decay, l1_weight, unboosted = (
+                t[keep] for t in (idx, c, r, g, jac, s2, mu, nu, its, boost, decay, l1_weight, unboosted)
             )
             z0, z1 = z0[keep], z1[keep]
             if idx.numel() == 0:
@@ -323,7 +376,7 @@ def _solve(
     if idx.numel():
         out_c[idx], out_it[idx] = c, its
     # Energies at the true lambda, from the residuals the solver already has (no boost left in them).
-    out_e = energy(psi, z0_all, z1_all, out_c, l1_weight)
+    out_e = energy(psi, z0_all, z1_all, out_c, l1_all)
     return InferenceResult(c=out_c, energy=out_e, num_iters=out_it)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from vaells.distributions import AnchorPrior, TransportPosterior
-from vaells.inference import CoefficientSolver, InferenceResult, restart_inits
+from vaells.inference import CoefficientSolver, InferenceResult, infer_jointly, restart_inits
 from vaells.objectives import LossWeights, check_finite_loss, reconstruction_error, vaells_loss
 from vaells.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
 from vaells.transport import TransportOperator
@@ -157,10 +157,12 @@ class VAELLSModule(pl.LightningModule):
         # The sampled c is an excellent start for c_hat(mu -> z): z - T(c) mu is just the noise.
         starts = restart_inits(c.shape[:-1], c.shape[-1], self.posterior_solver.restarts, dtype=c.dtype,
                                device=c.device)
-        post = self.posterior_solver(self.transport.psi, mu, z, c_init=torch.cat([c.unsqueeze(-2), starts], -2))
+        post, prior_result = infer_jointly(self.transport.psi, [
+            (self.posterior_solver, mu, z, torch.cat([c.unsqueeze(-2), starts], -2)),
+            (self.prior_solver, anchors, z.unsqueeze(-2), None),  # every anchor of the sample's class
+        ])
         prior = AnchorPrior(anchors, self.transport, self.coeff_scale, self.noise_std, self.prior_solver,
                             self.closest_anchor)
-        prior_result = prior.infer(z)
         prior_residual, prior_c = prior.components(z, prior_result)
         x_hat = self.decode(z)
         terms = vaells_loss(posterior.residual(z, post.c), post.c, prior_residual, prior_c, self.transport.psi,
