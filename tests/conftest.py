@@ -34,3 +34,19 @@ def compose_train(overrides: list[str], out_dir: Path, latent_figures: bool = Fa
             return compose("train", overrides=[*overrides, *paths])
     finally:
         GlobalHydra.instance().clear()
+
+
+def write_mnist_fixture(root: Path, make_digits, num_train: int, num_test: int, seed: int = 0) -> Path:
+    """Write a tiny MNIST in torchvision's layout (<root>/MNIST/raw/*-ubyte) from ``make_digits(n, gen)``,
+    which returns (n, 28, 28) uint8 images and (n,) uint8 labels. Tests never need the real data."""
+    import struct
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    for prefix, n in (("train", num_train), ("t10k", num_test)):
+        for kind, array in zip(("images-idx3", "labels-idx1"), make_digits(n, gen), strict=True):
+            # IDX: magic 0x08 (ubyte) + ndim, big-endian sizes, then the raw bytes.
+            header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+            (raw / f"{prefix}-{kind}-ubyte").write_bytes(header + array.numpy().tobytes())
+    return root

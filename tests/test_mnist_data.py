@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from conftest import write_mnist_fixture
 from torch import Tensor
 
 from vaells.data.mnist import (
@@ -23,12 +23,6 @@ from vaells.data.mnist import (
 NUM_TRAIN_FILE, NUM_TEST_FILE = 60, 20
 
 
-def _write_idx(path: Path, array: Tensor) -> None:
-    """Write a uint8 tensor as an IDX file: magic 0x08 (ubyte) + ndim, big-endian sizes, raw bytes."""
-    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.numpy().tobytes())
-
-
 def _make_digits(n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """n distinct random "digits": a random blob with a bright square in a random place; labels 0..9."""
     images = (torch.rand(n, 28, 28, generator=gen) * 120).to(torch.uint8)
@@ -39,15 +33,7 @@ def _make_digits(n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
 
 @pytest.fixture(scope="module")
 def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mnist")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(0)
-    for prefix, n in (("train", NUM_TRAIN_FILE), ("t10k", NUM_TEST_FILE)):
-        images, labels = _make_digits(n, gen)
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return root
+    return write_mnist_fixture(tmp_path_factory.mktemp("mnist"), _make_digits, NUM_TRAIN_FILE, NUM_TEST_FILE)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ image metric lands in its range and can fail. No network, no files outside the r
 from __future__ import annotations
 
 import math
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, compose_train
+from conftest import ROOT, compose_train, write_mnist_fixture
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -40,12 +39,6 @@ SQUARES = [(4, 4), (4, 12), (4, 19), (12, 4), (12, 19), (19, 4), (19, 12), (19, 
 
 
 # -- fixtures ----------------------------------------------------------------------------------------------
-def _write_idx(path: Path, array: Tensor) -> None:
-    """A uint8 tensor as an IDX file: magic 0x08 (ubyte) + ndim, big-endian sizes, raw bytes."""
-    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.numpy().tobytes())
-
-
 def _class_digits(n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """n images 28x28 uint8: faint noise and a bright 5x5 square at the class's place, jittered by 1 pixel;
     labels 0..9 in turn (not sorted, so the release's head/tail split applies)."""
@@ -60,15 +53,7 @@ def _class_digits(n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
 
 @pytest.fixture(scope="module")
 def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mnist")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(0)
-    for prefix, n in (("train", NUM_TRAIN_FILE), ("t10k", NUM_TEST_FILE)):
-        images, labels = _class_digits(n, gen)
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return root
+    return write_mnist_fixture(tmp_path_factory.mktemp("mnist"), _class_digits, NUM_TRAIN_FILE, NUM_TEST_FILE)
 
 
 def _train(*args: str, cwd: Path) -> subprocess.Popen:
