@@ -217,6 +217,7 @@ def dataset_tensors(dataset: Dataset, key: str = "x") -> tuple[Tensor, Tensor]:
     return torch.stack([it[key] for it in items]).float(), torch.stack([it["label"] for it in items]).long()
 
 
+@torch.enable_grad()  # callers (evaluate_model) run under no_grad
 def train_classifier(
     images: Tensor, labels: Tensor, *, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
 ) -> DigitClassifier:
