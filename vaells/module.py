@@ -171,10 +171,9 @@ class VAELLSModule(pl.LightningModule):
                 "prior": prior_result}
 
     @torch.no_grad()
-    def _operator_loss(self, out: dict[str, Any], weights: LossWeights) -> Tensor:
-        """The Psi-dependent part of the loss at the current Psi, with the same c, noise and c_hat."""
+    def _operator_loss(self, out: dict[str, Any], eps: Tensor, weights: LossWeights) -> Tensor:
+        """The Psi-dependent part of the loss at the current Psi, with the same c, noise eps and c_hat."""
         mu, anchors, c = out["mu"].detach(), out["anchors"].detach(), out["c"]
-        eps = out["z"].detach() - out["z_transport"]
         z = self.transport.transport(mu, c) + eps
         post_residual = z - self.transport.transport(mu, out["post"].c)
         prior = AnchorPrior(anchors, self.transport, self.coeff_scale, self.noise_std, self.prior_solver,
@@ -241,12 +240,13 @@ class VAELLSModule(pl.LightningModule):
             return
         # The release's rule: take the step, re-evaluate the operator loss with the same c_hat, undo it if
         # the loss went up. Only Psi is judged; the anchors' small step is always kept.
-        out["z_transport"] = self.transport.transport(out["mu"].detach(), out["c"]).detach()
+        # The sample's noise, z - T(c) mu, taken before Psi moves, so the new Psi is judged on the same z noise.
+        eps = (out["z"] - self.transport.transport(out["mu"], out["c"])).detach()
         old_psi = self.transport.psi.detach().clone()
         old_loss = terms["loss"].detach() - terms["recon"].detach()
         opt_psi.param_groups[0]["lr"] = self.psi_rule.lr
         opt_psi.step()
-        new_loss = self._operator_loss(out, weights)
+        new_loss = self._operator_loss(out, eps, weights)
         accepted = bool(torch.isfinite(new_loss)) and bool(new_loss <= old_loss)
         if not accepted:
             with torch.no_grad():
