@@ -23,6 +23,7 @@ from vaells.image_figures import build_image_figures, extrapolated_paths, operat
 from vaells.mnist_metrics import (
     cached_classifier,
     class_preservation,
+    class_preservation_ceiling,
     coefficient_span,
     mnist_metrics,
     pearson_matrix,
@@ -242,12 +243,16 @@ def test_class_preservation_passes_and_fails(mnist_root: Path, tmp_path: Path) -
     keep = class_preservation(ClassOracle(templates, 0.0), clf, x_test, y_test)
     mix = class_preservation(ClassOracle(templates, 3.0), clf, x_test, y_test)
     assert keep >= 0.9 and mix <= 0.6
+    # The ceiling ignores the operator (both oracles reconstruct alike) and bounds what samples keep.
+    ceiling = class_preservation_ceiling(ClassOracle(templates, 3.0), clf, x_test, y_test)
+    assert ceiling == class_preservation_ceiling(ClassOracle(templates, 0.0), clf, x_test, y_test)
+    assert ceiling >= 0.9 and mix < ceiling
 
 
 def test_mnist_metrics_on_an_untrained_natural_model(mnist_root: Path, tmp_path: Path) -> None:
     _, dm, model = _built("natural_mnist", mnist_root, tmp_path)
     metrics = mnist_metrics(model, dm, num_digits=20, classifier_steps=60, num_samples=3)
-    assert set(metrics) == {"classifier_accuracy", "class_preservation"}
+    assert set(metrics) == {"classifier_accuracy", "class_preservation", "class_preservation_ceiling"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert mnist_metrics(model, object()) == {}  # other data: nothing to add
 
