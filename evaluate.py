@@ -29,8 +29,13 @@ def main(cfg: DictConfig) -> None:
     model = build_model(run_cfg, dm)
     model.load_state_dict(checkpoint["state_dict"])
     out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    figure_cfg = OmegaConf.select(run_cfg, "callbacks.latent_figures", default=None)
+    figure_cfg = OmegaConf.to_container(figure_cfg, resolve=False) if figure_cfg is not None else {}
+    figure_options = {k: v for k, v in figure_cfg.items() if k not in ("_target_", "output_dir", "every_n_epochs")}
+    figure_options |= OmegaConf.to_container(cfg.figure_overrides)
     metrics = evaluate_model(model, dm, figures_dir=out / "figures",
-                             classifier_cache=Path(__file__).resolve().parent / "data" / "classifiers")
+                             classifier_cache=Path(__file__).resolve().parent / "data" / "classifiers",
+                             figure_options=figure_options)
     metrics["ckpt_path"] = str(cfg.ckpt_path)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     width = max(len(k) for k in metrics)

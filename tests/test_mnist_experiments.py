@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from vaells.builders import build_datamodule, build_model
-from vaells.callbacks import save_figures
+from vaells.callbacks import LatentFigures, save_figures
 from vaells.data.mnist import MNIST_RAW_FILES, MNISTDataModule, RotatedMNISTDataModule, rotate
 from vaells.image_figures import build_image_figures, extrapolated_paths, operator_paths, posterior_ring
 from vaells.mnist_metrics import (
@@ -271,6 +271,19 @@ def test_image_figures(experiment: str, names: set[str], mnist_root: Path, tmp_p
     assert model.training and torch.equal(psi, model.transport.psi)  # mode restored, nothing changed
     paths = save_figures(figs, tmp_path / "figures")
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_ring_spread_reaches_the_posterior_ring(mnist_root: Path, tmp_path: Path) -> None:
+    _, dm, model = _built("natural_mnist", mnist_root, tmp_path)
+    overrides = ["experiment=natural_mnist", f"data.root={mnist_root}", "data.download=false"]
+    cfg = compose_train(overrides, tmp_path, latent_figures=True)
+    assert cfg.callbacks.latent_figures.ring_spread == 3.0  # the experiment's own choice
+    figs = build_image_figures(model, dm, num_digits=2, ring_spread=2.5)
+    assert "b = 2.5" in figs["posterior_ring"].get_suptitle()
+    automatic = build_image_figures(model, dm, num_digits=2)["posterior_ring"].get_suptitle()
+    assert "b = 2.5" not in automatic
+    with pytest.raises(ValueError, match="ring_spread"):
+        LatentFigures(ring_spread=0.0)
 
 
 def test_figure_builders_take_explicit_settings(mnist_root: Path) -> None:

@@ -82,6 +82,8 @@ class LatentFigures(pl.Callback):
         max_prior_anchors: at most this many anchors (evenly spaced over the class-major list) get samples.
         seed: seeds the choice of orbit starts and path pairs, and the prior samples, so successive epochs
             show the same points. The draws run in a forked RNG and leave training's random stream alone.
+        ring_spread: the Laplace scale b of the posterior-sample rings of image data (``posterior_ring``);
+            None picks it from the operators' rotation speed, which suits a rotation operator only.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class LatentFigures(pl.Callback):
         path_steps: int = 30,
         output_dir: str | Path | None = None,
         seed: int = 0,
+        ring_spread: float | None = None,
     ) -> None:
         super().__init__()
         for name, value in [("every_n_epochs", every_n_epochs), ("num_points", num_points),
@@ -109,7 +112,9 @@ class LatentFigures(pl.Callback):
         self.orbit_t_max, self.orbit_steps = orbit_t_max, orbit_steps
         self.num_prior_samples, self.max_prior_anchors = num_prior_samples, max_prior_anchors
         self.num_paths, self.path_steps = num_paths, path_steps
-        self.output_dir, self.seed = output_dir, seed
+        if ring_spread is not None and not ring_spread > 0:
+            raise ValueError(f"LatentFigures: ring_spread must be positive (or null), got {ring_spread}")
+        self.output_dir, self.seed, self.ring_spread = output_dir, seed, ring_spread
         self.num_logged = 0  # how many times figures went to the loggers (tests, and curious users)
         self.saved_paths: list[Path] = []
 
@@ -158,7 +163,7 @@ class LatentFigures(pl.Callback):
         if dm is not None and len(getattr(dm, "input_shape", ())) == 3 and hasattr(pl_module, "transport"):
             from vaells.image_figures import build_image_figures  # image data only (paper Fig. 5-7)
 
-            figs |= build_image_figures(pl_module, dm, seed=self.seed)
+            figs |= build_image_figures(pl_module, dm, seed=self.seed, ring_spread=self.ring_spread)
         return figs
 
     @contextmanager

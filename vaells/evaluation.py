@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +31,7 @@ def evaluate_model(
     dm: AnchoredDataModule,
     figures_dir: Path | None = None,
     classifier_cache: Path | None = None,
+    figure_options: Mapping[str, Any] | None = None,
 ) -> dict:
     """mse (per dimension, from a posterior sample), elbo (the training objective's negative without the
     dictionary term, i.e. the release's "ELBO" metric), and the latent-structure metrics the data allows:
@@ -57,7 +60,8 @@ def evaluate_model(
     if figures_dir is not None:
         from vaells.callbacks import LatentFigures  # matplotlib only when figures are wanted
 
-        figures = LatentFigures(output_dir=str(figures_dir))
+        # The run's own figure settings (e.g. the natural-MNIST ring spread), so evaluation draws what training drew.
+        figures = LatentFigures(**{**(figure_options or {}), "output_dir": str(figures_dir)})
         figures.save_figures(figures.build_figures(_TrainerView(dm), model), figures_dir)
     return metrics
 

@@ -231,12 +231,15 @@ def pick_test_digits(dm: object, num_digits: int, seed: int = 0) -> Tensor:
     return torch.stack([data[i][key] for i in chosen]).float()
 
 
-def build_image_figures(model: nn.Module, dm: object, num_digits: int = 6, seed: int = 0) -> dict[str, Figure]:
-    """``posterior_ring`` and ``extrapolated_paths`` (operator 1) for ``num_digits`` seeded test digits, and
-    ``operator_paths`` for the first two when the model has several operators."""
+def build_image_figures(
+    model: nn.Module, dm: object, num_digits: int = 6, seed: int = 0, ring_spread: float | None = None,
+) -> dict[str, Figure]:
+    """``posterior_ring`` (Laplace scale ``ring_spread``) and ``extrapolated_paths`` (operator 1) for
+    ``num_digits`` seeded test digits, and ``operator_paths`` for the first two when the model has several
+    operators."""
     x = pick_test_digits(dm, num_digits, seed).to(model.transport.psi.device)
     figs = {
-        "posterior_ring": posterior_ring(model, x, seed=seed),
+        "posterior_ring": posterior_ring(model, x, spread=ring_spread, seed=seed),
         "extrapolated_paths": extrapolated_paths(model, x, seed=seed),
     }
     if model.transport.num_operators > 1:
