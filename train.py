@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
 from vaells.builders import build_datamodule, build_model
+
+log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -19,9 +24,14 @@ def main(cfg: DictConfig) -> None:
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    start = time.perf_counter()
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    elapsed = time.perf_counter() - start
     out = hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
-    print(f"\nRun directory: {out}\nEvaluate with: python evaluate.py ckpt_path={out}/checkpoints/last.ckpt")
+    # Logged, so the run's own train.log keeps the time next to its config.
+    log.info("fit took %.0f s (%.1f min), %d batches", elapsed, elapsed / 60, model.batch_counter)
+    print(f"\nTraining took {elapsed:.0f} s ({elapsed / 60:.1f} min).\nRun directory: {out}\n"
+          f"Evaluate with: python evaluate.py ckpt_path={out}/checkpoints/last.ckpt")
 
 
 if __name__ == "__main__":
