@@ -278,12 +278,16 @@ def test_ring_spread_reaches_the_posterior_ring(mnist_root: Path, tmp_path: Path
     overrides = ["experiment=natural_mnist", f"data.root={mnist_root}", "data.download=false"]
     cfg = compose_train(overrides, tmp_path, latent_figures=True)
     assert cfg.callbacks.latent_figures.ring_spread == 3.0  # the experiment's own choice
-    figs = build_image_figures(model, dm, num_digits=2, ring_spread=2.5)
+    figs = build_image_figures(model, dm, num_digits=2, ring_spread=2.5, operator_path_range=7.0)
     assert "b = 2.5" in figs["posterior_ring"].get_suptitle()
+    row_labels = [t.get_text() for t in figs["operator_paths"].axes[0].get_yticklabels()]
+    assert len(row_labels) == 2 * 8 and all(label.endswith("|c| <= 7") for label in row_labels)
     automatic = build_image_figures(model, dm, num_digits=2)["posterior_ring"].get_suptitle()
     assert "b = 2.5" not in automatic
     with pytest.raises(ValueError, match="ring_spread"):
         LatentFigures(ring_spread=0.0)
+    with pytest.raises(ValueError, match="operator_path_range"):
+        LatentFigures(operator_path_range=-1.0)
 
 
 def test_figure_builders_take_explicit_settings(mnist_root: Path) -> None:

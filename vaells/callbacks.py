@@ -84,6 +84,8 @@ class LatentFigures(pl.Callback):
             show the same points. The draws run in a forked RNG and leave training's random stream alone.
         ring_spread: the Laplace scale b of the posterior-sample rings of image data (``posterior_ring``);
             None picks it from the operators' rotation speed, which suits a rotation operator only.
+        operator_path_range: the paths of every operator (``operator_paths``, several operators) run over
+            c in [-range, range]; None picks a range per operator from its rotation speed, as above.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class LatentFigures(pl.Callback):
         output_dir: str | Path | None = None,
         seed: int = 0,
         ring_spread: float | None = None,
+        operator_path_range: float | None = None,
     ) -> None:
         super().__init__()
         for name, value in [("every_n_epochs", every_n_epochs), ("num_points", num_points),
@@ -112,9 +115,11 @@ class LatentFigures(pl.Callback):
         self.orbit_t_max, self.orbit_steps = orbit_t_max, orbit_steps
         self.num_prior_samples, self.max_prior_anchors = num_prior_samples, max_prior_anchors
         self.num_paths, self.path_steps = num_paths, path_steps
-        if ring_spread is not None and not ring_spread > 0:
-            raise ValueError(f"LatentFigures: ring_spread must be positive (or null), got {ring_spread}")
-        self.output_dir, self.seed, self.ring_spread = output_dir, seed, ring_spread
+        for name, value in [("ring_spread", ring_spread), ("operator_path_range", operator_path_range)]:
+            if value is not None and not value > 0:
+                raise ValueError(f"LatentFigures: {name} must be positive (or null), got {value}")
+        self.output_dir, self.seed = output_dir, seed
+        self.ring_spread, self.operator_path_range = ring_spread, operator_path_range
         self.num_logged = 0  # how many times figures went to the loggers (tests, and curious users)
         self.saved_paths: list[Path] = []
 
@@ -163,7 +168,8 @@ class LatentFigures(pl.Callback):
         if dm is not None and len(getattr(dm, "input_shape", ())) == 3 and hasattr(pl_module, "transport"):
             from vaells.image_figures import build_image_figures  # image data only (paper Fig. 5-7)
 
-            figs |= build_image_figures(pl_module, dm, seed=self.seed, ring_spread=self.ring_spread)
+            figs |= build_image_figures(pl_module, dm, seed=self.seed, ring_spread=self.ring_spread,
+                                        operator_path_range=self.operator_path_range)
         return figs
 
     @contextmanager

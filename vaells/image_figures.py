@@ -232,16 +232,22 @@ def pick_test_digits(dm: object, num_digits: int, seed: int = 0) -> Tensor:
 
 
 def build_image_figures(
-    model: nn.Module, dm: object, num_digits: int = 6, seed: int = 0, ring_spread: float | None = None,
+    model: nn.Module,
+    dm: object,
+    num_digits: int = 6,
+    seed: int = 0,
+    ring_spread: float | None = None,
+    operator_path_range: float | None = None,
 ) -> dict[str, Figure]:
     """``posterior_ring`` (Laplace scale ``ring_spread``) and ``extrapolated_paths`` (operator 1) for
-    ``num_digits`` seeded test digits, and ``operator_paths`` for the first two when the model has several
-    operators."""
+    ``num_digits`` seeded test digits, and ``operator_paths`` (c in +-``operator_path_range``) for the first
+    two when the model has several operators. None: automatic choices (see each function)."""
     x = pick_test_digits(dm, num_digits, seed).to(model.transport.psi.device)
     figs = {
         "posterior_ring": posterior_ring(model, x, spread=ring_spread, seed=seed),
         "extrapolated_paths": extrapolated_paths(model, x, seed=seed),
     }
     if model.transport.num_operators > 1:
-        figs["operator_paths"] = operator_paths(model, x[:2], seed=seed)
+        r = operator_path_range
+        figs["operator_paths"] = operator_paths(model, x[:2], None if r is None else (-r, r), seed=seed)
     return figs
