@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import torch
 from conftest import CONF_DIR, ROOT, compose_train
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -201,6 +202,21 @@ def test_tensor_file_without_x_stops_before_training(tmp_path: Path, cli, no_fit
     code, _, err = cli(train.main, "data=tensor_file", f"data.path={path}", NO_FIGURES, f"hydra.run.dir={tmp_path}")
     assert not no_fit and code != 0
     assert "'x'" in _message(err) and str(path) in _message(err), err
+
+
+def test_last_checkpoint_is_the_final_epoch(tmp_path: Path, cli) -> None:
+    """last.ckpt holds the final model even when the last epochs neither validate nor improve val/loss
+    (Lightning's save_last alone left it at the last improving validation epoch)."""
+    run = tmp_path / "run"
+    code, _, err = cli(train.main, "experiment=concentric_circles", "data.num_test_per_class=40",
+                       "++trainer.max_epochs=3", "++trainer.check_val_every_n_epoch=2",
+                       "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=1", NO_FIGURES,
+                       f"hydra.run.dir={run}")
+    assert code == 0, err
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2  # epochs 0, 1 (validated), 2 (not validated)
+    assert last["vaells"]["batch_counter"] == 3 * 3
+    assert [p.name for p in (run / "checkpoints").glob("best-epoch=*.ckpt")] == ["best-epoch=001.ckpt"]
 
 
 # -- evaluate.py ----------------------------------------------------------------------------------------
