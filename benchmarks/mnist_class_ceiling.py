@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def train_autoencoder(
     params = [*enc.parameters(), *dec.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
     gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc=variant, leave=False):
+    # Redraw often on a terminal, rarely into a log file (as vaells.progress does for training).
+    for _ in tqdm(range(steps), desc=variant, leave=False, mininterval=0.1 if sys.stderr.isatty() else 30.0):
         idx = torch.randint(0, x.shape[0], (batch_size,), generator=gen)
         xb, yb = x[idx], y[idx]
         z = enc(xb)  # (B, d)
