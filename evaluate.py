@@ -35,13 +35,22 @@ def main(cfg: DictConfig) -> None:
     figure_options |= OmegaConf.to_container(cfg.figure_overrides)
     metrics = evaluate_model(model, dm, figures_dir=out / "figures",
                              classifier_cache=Path(__file__).resolve().parent / "data" / "classifiers",
-                             figure_options=figure_options)
+                             figure_options=figure_options, matched_variation=cfg.matched_variation)
     metrics["ckpt_path"] = str(cfg.ckpt_path)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     width = max(len(k) for k in metrics)
-    print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
-                    for k, v in metrics.items()))
+    print("\n".join(f"{k:<{width}}  {_short(v)}" for k, v in metrics.items()))
     print(f"\nWrote {out / 'metrics.json'}")
+
+
+def _short(value) -> str:
+    """A metric for the terminal: floats to 4 digits, lists element-wise, at most 4 entries per list."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        items = [_short(v) for v in value[:4]]
+        return "[" + ", ".join(items) + (", ...]" if len(value) > 4 else "]")
+    return str(value)
 
 
 if __name__ == "__main__":

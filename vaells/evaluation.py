@@ -11,6 +11,21 @@ import torch
 from vaells.data.base import AnchoredDataModule
 from vaells.metrics import continuity, knn_accuracy, trustworthiness
 from vaells.module import VAELLSModule
+from vaells.transport import TransportOperator, operator_reading
+
+
+def operator_metrics(transport: TransportOperator) -> dict[str, list]:
+    """What each operator learned: ``operator_norm`` (Frobenius), ``operator_drift`` (relative distance from
+    its random start; NaN for checkpoints that predate the stored start), ``operator_reading`` (rotation,
+    spiral, dilation or mixed: ``transport.operator_reading``) and ``operator_eigenvalues`` ([re, im] pairs
+    by decreasing modulus), one entry per operator."""
+    readings = [operator_reading(p) for p in transport.psi]
+    return {
+        "operator_norm": [float(v) for v in transport.norms()],
+        "operator_drift": [float(v) for v in transport.drift()],
+        "operator_reading": [r for r, _ in readings],
+        "operator_eigenvalues": [[[float(v.real), float(v.imag)] for v in lam] for _, lam in readings],
+    }
 
 
 @torch.no_grad()
@@ -32,6 +47,7 @@ def evaluate_model(
     figures_dir: Path | None = None,
     classifier_cache: Path | None = None,
     figure_options: Mapping[str, Any] | None = None,
+    matched_variation: float = 0.01,
 ) -> dict:
     """mse (per dimension, from a posterior sample), elbo (the training objective's negative without the
     dictionary term, i.e. the release's "ELBO" metric), and the latent-structure metrics the data allows:
@@ -46,7 +62,8 @@ def evaluate_model(
         sq_err += float((terms["x_hat"] - batch["x"]).pow(2).mean()) * out_b
         elbo += -float(terms["terms"]["loss"] - terms["terms"]["dictionary"]) * out_b
         n += out_b
-    metrics: dict[str, float | str] = {"mse": sq_err / n, "elbo": elbo / n, "num_test": n}
+    metrics: dict[str, float | str | list] = {"mse": sq_err / n, "elbo": elbo / n, "num_test": n}
+    metrics |= operator_metrics(model.transport)
     test = encode_split(model, dm.test_dataloader())
     if dm.num_classes > 1:
         train = encode_split(model, dm.train_dataloader())
@@ -56,7 +73,7 @@ def evaluate_model(
         metrics["continuity"] = continuity(test["coords"], test["mu"], k=10)
     from vaells.mnist_metrics import mnist_metrics  # {} for non-MNIST data
 
-    metrics |= mnist_metrics(model, dm, seed=0, cache_dir=classifier_cache)
+    metrics |= mnist_metrics(model, dm, seed=0, cache_dir=classifier_cache, matched_variation=matched_variation)
     if figures_dir is not None:
         from vaells.callbacks import LatentFigures  # matplotlib only when figures are wanted
 

@@ -102,7 +102,8 @@ def _soft(x: Tensor, t: float | Tensor) -> Tensor:
 
 
 def _orthant_newton_step(
-    c: Tensor, g: Tensor, h: Tensor, mu: Tensor, l1_weight: Tensor, psi: Tensor, max_step: float
+    c: Tensor, g: Tensor, h: Tensor, mu: Tensor, l1_weight: Tensor, psi: Tensor, max_step: float,
+    bound: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One damped orthant-wise Newton step on g.delta + 1/2 delta^T h delta + lambda ||c + delta||_1.
 
@@ -127,6 +128,10 @@ def _orthant_newton_step(
     step_norm = generator_matrix(psi, delta).abs().sum(-2).amax(-1)  # (Q,)
     delta = delta * (max_step / step_norm.clamp_min(max_step)).unsqueeze(-1)
     x = c + delta
+    if bound is not None:  # projected step onto the box |c_m| <= bound
+        b = bound.unsqueeze(-1)
+        x = torch.maximum(torch.minimum(x, b), -b)
+        delta = x - c
     quad = (delta.unsqueeze(-2) @ h @ delta.unsqueeze(-1)).reshape(-1)
     predicted = -(g * delta).sum(-1) - 0.5 * quad + l1_weight * (c.abs().sum(-1) - x.abs().sum(-1))
     return x, predicted
@@ -167,6 +172,7 @@ def infer_coefficients(
     max_iter: int = 100,
     ftol: float | None = None,
     max_norm: float = 20.0,
+    max_coeff: float | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
 ) -> InferenceResult:
@@ -184,6 +190,7 @@ def infer_coefficients(
             default max(16 eps, 1e-12): past that, convergence is quadratic and the gap is below roundoff.
         max_norm: trial points with ||sum_m c_m Psi_m||_1 above this are rejected (expm would grow like
             e^max_norm); a start beyond it is replaced by c = 0.
+        max_coeff: optional box |c_m| <= max_coeff on the solution (see ``CoefficientSolver``).
         generator: random generator for the restart draws.
         dtype: the dtype to solve in; defaults to psi's (float64 in the project's default configuration).
 
@@ -200,7 +207,7 @@ def infer_coefficients(
     psi = psi.detach().to(dtype)
     flat = _flatten(psi, z0, z1, c_init, restarts, generator)
     l1 = torch.full((flat.c.shape[0],), float(l1_weight), dtype=dtype, device=psi.device)
-    solution = _solve(psi, flat.z0, flat.z1, flat.c, l1, max_iter, ftol, max_norm)
+    solution = _solve(psi, flat.z0, flat.z1, flat.c, l1, max_iter, ftol, max_norm, bound=_bound(max_coeff, l1))
     return flat.best(solution.c, solution.energy, solution.num_iters)
 
 
@@ -226,12 +233,22 @@ def infer_jointly(
     l1 = torch.cat([torch.full((n,), sv.l1_weight, dtype=dtype, device=psi.device)
                     for sv, n in zip(solvers, sizes, strict=True)])
     ftols = [sv.ftol for sv in solvers if sv.ftol is not None]
+    bound = None
+    if any(sv.max_coeff is not None for sv in solvers):
+        bound = torch.cat([_bound(sv.max_coeff, l1[:n], inf=True) for sv, n in zip(solvers, sizes, strict=True)])
     solution = _solve(
         psi, torch.cat([f.z0 for f in flats]), torch.cat([f.z1 for f in flats]), torch.cat([f.c for f in flats]),
-        l1, max(sv.max_iter for sv in solvers), min(ftols) if ftols else None, 20.0,
+        l1, max(sv.max_iter for sv in solvers), min(ftols) if ftols else None, 20.0, bound=bound,
     )
     parts = zip(*(t.split(sizes) for t in (solution.c, solution.energy, solution.num_iters)), strict=True)
     return [f.best(c, e, it) for f, (c, e, it) in zip(flats, parts, strict=True)]
+
+
+def _bound(max_coeff: float | None, like: Tensor, inf: bool = False) -> Tensor | None:
+    """The per-pair box (Q,) for ``_solve``: max_coeff, or inf (when other pairs have one) or None."""
+    if max_coeff is None and not inf:
+        return None
+    return torch.full_like(like, math.inf if max_coeff is None else float(max_coeff))
 
 
 def _check_settings(psi: Tensor, l1_weight: float, max_iter: int) -> None:
@@ -300,9 +317,13 @@ def _solve(
     psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: Tensor, max_iter: int, ftol: float | None,
     max_norm: float,
     max_step: float = 1.0,
+    bound: Tensor | None = None,
 ) -> InferenceResult:
-    """Proximal Levenberg-Marquardt on Q flattened problems: z0, z1 (Q, d), c (Q, M) initial, lambda (Q,)."""
+    """Proximal Levenberg-Marquardt on Q flattened problems: z0, z1 (Q, d), c (Q, M) initial, lambda (Q,),
+    and an optional box |c_m| <= bound (Q,) (inf: none), kept by projecting every step onto it."""
     q, m = c.shape
+    if bound is not None:
+        c = torch.maximum(torch.minimum(c, bound.unsqueeze(-1)), -bound.unsqueeze(-1))
     z0_all, z1_all, l1_all = z0, z1, l1_weight
     eps = torch.finfo(c.dtype).eps
     xtol = eps**0.5  # relative step size at which a pair counts as converged
@@ -340,7 +361,7 @@ def _solve(
         lam = l1_weight + boost
         e = 0.5 * r.pow(2).sum(-1) + lam * c.abs().sum(-1)
         h = jac.transpose(1, 2) @ jac + s2  # (Q, M, M)
-        x, predicted = _orthant_newton_step(c, g, h, mu, lam, psi, max_step)
+        x, predicted = _orthant_newton_step(c, g, h, mu, lam, psi, max_step, bound)
         e_new, r_new = _residual(psi, z0, z1, x, lam, max_norm)
         accept = torch.isfinite(e_new) & (e_new < e)
         rho = ((e - e_new) / predicted.clamp_min(eps * e.clamp_min(eps))).clamp(0.0, 1.0)
@@ -370,6 +391,7 @@ def _solve(
             idx, c, r, g, jac, s2, mu, nu, its, boost, decay, l1_weight, unboosted = (
                 t[keep] for t in (idx, c, r, g, jac, s2, mu, nu, its, boost, decay, l1_weight, unboosted)
             )
+            bound = None if bound is None else bound[keep]
             z0, z1 = z0[keep], z1[keep]
             if idx.numel() == 0:
                 break
@@ -395,9 +417,13 @@ class CoefficientSolver:
         max_iter: int = 100,
         ftol: float | None = None,
         dtype: str | torch.dtype | None = None,
+        max_coeff: float | None = None,
     ) -> None:
         if l1_weight < 0:
             raise ValueError(f"l1_weight must be >= 0, got {l1_weight}")
+        if max_coeff is not None and not max_coeff > 0:
+            raise ValueError(f"max_coeff must be > 0 (or null for no bound), got {max_coeff}")
+        self.max_coeff = None if max_coeff is None else float(max_coeff)
         if not restarts:
             raise ValueError("restarts must name at least one (low, high) range")
         self.l1_weight = float(l1_weight)
@@ -416,7 +442,7 @@ class CoefficientSolver:
     ) -> InferenceResult:
         return infer_coefficients(
             psi, z0, z1, l1_weight=self.l1_weight, restarts=self.restarts, c_init=c_init,
-            max_iter=self.max_iter, ftol=self.ftol, generator=generator, dtype=self.dtype,
+            max_iter=self.max_iter, ftol=self.ftol, max_coeff=self.max_coeff, generator=generator, dtype=self.dtype,
         )
 
     def __repr__(self) -> str:

@@ -26,9 +26,10 @@ The functions use only ``model.encode``, ``model.decode``, ``model.transport``, 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -315,6 +316,64 @@ def class_preservation_ceiling(model: nn.Module, clf: nn.Module, x: Tensor, labe
     return float((predict(clf, reconstructions) == labels.cpu()).float().mean())
 
 
+# -- matched variation ----------------------------------------------------------------------------------
+def sample_variation(model: nn.Module, x: Tensor, spread: float, *, num_samples: int = 4, seed: int = 0) -> float:
+    """Mean per-pixel squared difference between decoded posterior samples at ``spread`` and the decoded
+    centre decode(encode(x)): how much visible change sampling makes.  x (N, C, H, W)."""
+    with evaluating(model, seed):
+        centre = decode_chunked(model, encode_chunked(model, x))  # (N, C, H, W)
+        samples = posterior_samples(model, x, num_samples, spread)  # (N, S, C, H, W)
+    value = float((samples - centre.unsqueeze(1)).pow(2).mean())
+    return value if math.isfinite(value) else math.inf
+
+
+def match_spread(
+    variation: Callable[[float], float], target: float, *, low: float = 1e-3, high: float = 1e4, rtol: float = 0.02,
+    max_iter: int = 40,
+) -> tuple[float, float]:
+    """The spread s in [low, high] with variation(s) = target, by bisection on log s; returns (s, variation(s)).
+
+    ``variation`` must grow with s, which holds when it is evaluated with fixed random numbers (the samples are
+    c = s b l(u) for the same u). Stops when within ``rtol`` of the target; if the target lies outside
+    [variation(low), variation(high)], returns the nearer end (the caller can see the variation reached).
+    """
+    if not target > 0:
+        raise ValueError(f"the target variation must be > 0, got {target}")
+    v_low, v_high = variation(low), variation(high)
+    if v_low >= target:
+        return low, v_low
+    if v_high <= target:
+        return high, v_high
+    best = (high, v_high)
+    for _ in range(max_iter):
+        mid = math.sqrt(low * high)
+        v = variation(mid)
+        if abs(v - target) < abs(best[1] - target):
+            best = (mid, v)
+        if abs(v - target) <= rtol * target:
+            break
+        low, high = (mid, high) if v < target else (low, mid)
+    return best
+
+
+def class_preservation_matched(
+    model: nn.Module, clf: nn.Module, x: Tensor, labels: Tensor, *, target: float, num_samples: int = 10,
+    search_digits: int = 200, seed: int = 0,
+) -> dict[str, float]:
+    """``class_preservation`` at the spread whose samples vary the decoded digit by ``target`` (mean per-pixel
+    squared difference from the decoded centre, ``sample_variation``), so that models, or one model with
+    different operators, are compared at equal visible change. The spread is searched on the first
+    ``search_digits`` digits. Returns the preservation, the spread found and the variation reached."""
+    probe = x[:search_digits]
+    spread, reached = match_spread(lambda s: sample_variation(model, probe, s, seed=seed), target)
+    return {
+        "class_preservation_matched": class_preservation(model, clf, x, labels, num_samples=num_samples,
+                                                         spread=spread, seed=seed),
+        "matched_spread": spread,
+        "matched_variation": reached,
+    }
+
+
 # -- entry point ----------------------------------------------------------------------------------------
 def _pick(n_total: int, num: int, seed: int) -> Tensor:
     """``num`` distinct indices of ``n_total``, a fixed seeded draw."""
@@ -330,13 +389,16 @@ def mnist_metrics(
     classifier_steps: int = 1500,
     num_samples: int = 10,
     cache_dir: str | Path | None = None,
+    matched_variation: float = 0.01,
 ) -> dict[str, float]:
     """The issue's image metrics for ``dm``'s test split; {} for any other DataModule.
 
     RotatedMNISTDataModule: ``rotation_metrics`` on ``num_digits`` (default 100) upright test digits.
     MNISTDataModule: ``classifier_accuracy`` on the whole test split, ``class_preservation`` and
     ``class_preservation_ceiling`` on ``num_digits`` (default 1000) test digits, with a classifier trained on
-    the train split for ``classifier_steps`` batches (cached in ``cache_dir`` when given).
+    the train split for ``classifier_steps`` batches (cached in ``cache_dir`` when given); then
+    ``class_preservation_matched`` at ``matched_variation`` (with ``matched_spread`` and the variation
+    reached), and the same three with the operators reset to their random start (``*_init_psi``).
     Test digits are a seeded draw.
     """
     if not isinstance(dm, MNISTDataModule | RotatedMNISTDataModule):
@@ -351,7 +413,19 @@ def mnist_metrics(
     clf = cached_classifier(x_train, y_train, steps=classifier_steps, seed=seed, cache_dir=cache_dir)
     accuracy = float((predict(clf, x_test) == y_test).float().mean())
     pick = _pick(x_test.shape[0], num_digits or 1000, seed)
-    preservation = class_preservation(model, clf, x_test[pick], y_test[pick], num_samples=num_samples, seed=seed)
-    ceiling = class_preservation_ceiling(model, clf, x_test[pick], y_test[pick])
-    return {"classifier_accuracy": accuracy, "class_preservation": preservation,
-            "class_preservation_ceiling": ceiling}
+    x_pick, y_pick = x_test[pick], y_test[pick]
+    preservation = class_preservation(model, clf, x_pick, y_pick, num_samples=num_samples, seed=seed)
+    ceiling = class_preservation_ceiling(model, clf, x_pick, y_pick)
+    out = {"classifier_accuracy": accuracy, "class_preservation": preservation,
+           "class_preservation_ceiling": ceiling}
+    out |= class_preservation_matched(model, clf, x_pick, y_pick, target=matched_variation,
+                                      num_samples=num_samples, seed=seed)
+    # The same model with every operator reset to its random start: what the learned operators add.
+    init_model = copy.deepcopy(model)
+    with torch.no_grad():
+        init_model.transport.psi.copy_(init_model.transport.psi_init)
+    if bool(torch.isfinite(init_model.transport.psi).all()):
+        init = class_preservation_matched(init_model, clf, x_pick, y_pick, target=matched_variation,
+                                          num_samples=num_samples, seed=seed)
+        out |= {f"{k}_init_psi": v for k, v in init.items()}
+    return out

@@ -268,6 +268,8 @@ class VAELLSModule(pl.LightningModule):
                 "train/post_c_abs_mean": out["post"].c.abs().mean(),
                 "train/prior_solver_iters": prior.num_iters.float().mean(),
             }
+            for m, (norm, drift) in enumerate(zip(self.transport.norms(), self.transport.drift(), strict=True)):
+                metrics |= {f"train/psi_norm_{m}": norm, f"train/psi_drift_{m}": drift}
         self.log_dict(metrics, prog_bar=False, batch_size=out["mu"].shape[0])
         self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=out["mu"].shape[0])
 

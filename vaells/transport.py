@@ -6,6 +6,8 @@ dictionary elements; ``...`` is any batch of leading dimensions, broadcast as us
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -155,6 +157,14 @@ class TransportOperator(nn.Module):
         self.num_operators = int(num_operators)
         shape = (self.num_operators, self.latent_dim, self.latent_dim)
         self.psi = nn.Parameter(init_std * torch.randn(shape, dtype=dtype))
+        # The starting point, kept so that ``drift`` can tell a learned operator from its random init.
+        self.register_buffer("psi_init", self.psi.detach().clone())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written before psi_init existed: their start is unknown, so drift reads NaN.
+        if prefix + "psi" in state_dict and prefix + "psi_init" not in state_dict:
+            state_dict[prefix + "psi_init"] = torch.full_like(state_dict[prefix + "psi"], float("nan"))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- shape checks ---------------------------------------------------------------------------------
     def _check_c(self, c: Tensor) -> Tensor:
@@ -212,5 +222,44 @@ class TransportOperator(nn.Module):
         """sum_m ||Psi_m||_F^2, the dictionary regulariser of eq. 9 (without its eta/2 weight)."""
         return self.psi.pow(2).sum()
 
+    def norms(self) -> Tensor:
+        """||Psi_m||_F for each operator.  -> (M,)."""
+        return torch.linalg.matrix_norm(self.psi.detach())
+
+    def drift(self) -> Tensor:
+        """||Psi_m - Psi_m^init||_F / ||Psi_m^init||_F: how far each operator moved from its random start (M,)."""
+        return torch.linalg.matrix_norm(self.psi.detach() - self.psi_init) / torch.linalg.matrix_norm(self.psi_init)
+
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, num_operators={self.num_operators}, dtype={self.psi.dtype}"
+
+
+#: Readings of an operator's spectrum (``operator_reading``).
+ROTATION, SPIRAL, DILATION, MIXED = "rotation", "spiral", "dilation", "mixed"
+
+
+def operator_reading(psi_m: Tensor, max_turn_growth: float = 0.25, ratio: float = 3.0) -> tuple[str, Tensor]:
+    """What a generator Psi_m (d, d) does, read from its eigenvalues a +- i w.
+
+    An eigenvalue pair turns its plane by w per unit of c and scales it by e^a, so over one full turn the
+    orbit's radius changes by the factor e^(2 pi |a| / |w|). The pair reads "rotation" when that log-growth
+    per turn is at most ``max_turn_growth`` (orbits close, as the circles' and a rotated digit's should),
+    "dilation" when |a| >= ratio |w| (growth or decay with little turning), and "spiral" in between (the swiss
+    roll's operator, -0.0026 +- 0.0267i, grows by e^0.61 per turn). The operator's reading is that of its
+    dominant eigenvalue (largest modulus), or "mixed" when another eigenvalue of at least half that modulus
+    reads differently. Returns the reading and the eigenvalues (complex, by decreasing modulus).
+    """
+    lam = torch.linalg.eigvals(psi_m.detach().to("cpu", torch.float64))
+    lam = lam[lam.abs().argsort(descending=True)]
+
+    def read(v: Tensor) -> str:
+        a, w = abs(float(v.real)), abs(float(v.imag))
+        if a >= ratio * w:
+            return DILATION
+        return ROTATION if 2 * math.pi * a <= max_turn_growth * w else SPIRAL
+
+    top = float(lam[0].abs()) if lam.numel() else 0.0
+    if top == 0.0:
+        return MIXED, lam
+    readings = {read(v) for v in lam if float(v.abs()) >= 0.5 * top}
+    return (readings.pop() if len(readings) == 1 else MIXED), lam

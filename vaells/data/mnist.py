@@ -207,20 +207,28 @@ class _EpochSampler(Sampler[tuple[int, int]]):
     it through its DDP wrapper). Carrying the epoch in the key gets it to the dataset in the workers.
     """
 
-    def __init__(self, num_samples: int, *, seed: int) -> None:
+    def __init__(self, num_samples: int, *, seed: int, epoch_size: int | None = None) -> None:
         self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+        self.epoch_size = epoch_size or num_samples
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.epoch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        # Combine (seed, epoch) through numpy's SeedSequence: no two pairs share a stream.
-        seed = int(np.random.SeedSequence((self.seed, self.epoch)).generate_state(1)[0])
-        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed))
-        return iter([(self.epoch, index) for index in order.tolist()])
+        # An epoch of epoch_size samples is `passes` shuffled passes over the data, truncated. Pass k of epoch
+        # e is keyed (e * passes + k): a digit shown twice in one epoch gets two independent angles.
+        passes = -(-self.epoch_size // self.num_samples)
+        keys = []
+        for k in range(passes):
+            key = self.epoch * passes + k
+            # Combine (seed, key) through numpy's SeedSequence: no two pairs share a stream.
+            seed = int(np.random.SeedSequence((self.seed, key)).generate_state(1)[0])
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed))
+            keys += [(key, index) for index in order.tolist()]
+        return iter(keys[: self.epoch_size])
 
 
 class _MNISTDataModule(AnchoredDataModule):
@@ -243,6 +251,7 @@ class _MNISTDataModule(AnchoredDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.collate_fn = None
+        self.epoch_size: int | None = None  # training samples per epoch; None: one pass over the train split
 
     def prepare_data(self) -> None:
         # Lightning runs this once per node before any setup: the only place that may download.
@@ -267,7 +276,7 @@ class _MNISTDataModule(AnchoredDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=_EpochSampler(len(dataset), seed=self.seed) if train else None,
+            sampler=_EpochSampler(len(dataset), seed=self.seed, epoch_size=self.epoch_size) if train else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collate_fn,
@@ -317,12 +326,17 @@ class RotatedMNISTDataModule(_MNISTDataModule):
 
     input_shape = (1, 32, 32)
     per_sample_anchors = True
+    rotates_digits = True  # batches hold upright "digit"s; the rotation metrics apply
 
     def __init__(self, root: str = "data/", anchors_per_class: int = 10, batch_size: int = 32, seed: int = 0,
-                 max_angle: float = 350.0, num_workers: int = 0, download: bool = True) -> None:
+                 max_angle: float = 350.0, num_workers: int = 0, download: bool = True,
+                 epoch_size: int | None = None) -> None:
         super().__init__(root, anchors_per_class, batch_size, seed, num_workers, download)
         if not 0.0 <= max_angle <= 360.0:
             raise ValueError(f"data.max_angle must lie in [0, 360] degrees, got {max_angle}")
+        if epoch_size is not None and epoch_size < 1:
+            raise ValueError(f"data.epoch_size must be a positive number of samples or null, got {epoch_size}")
+        self.epoch_size = epoch_size
         self.max_angle = max_angle
         self.anchor_angles = evenly_spaced_angles(anchors_per_class)  # (N_a,)
         self.collate_fn = partial(_collate_rotated, anchor_angles=self.anchor_angles)
@@ -334,3 +348,53 @@ class RotatedMNISTDataModule(_MNISTDataModule):
         self.train_set = _DigitAngles(*train, stream=_TRAIN_STREAM, **angles)
         self.val_set = _DigitAngles(*val, stream=_VAL_STREAM, **angles)
         self.test_set = _DigitAngles(*test, stream=None, **angles)
+
+
+#: Side of the upsampled small digit inside its 28x28 frame: MNIST digits fill about the central 20x20.
+SMALL_DIGIT_SIZE = 20
+
+
+def load_small_digits() -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled 8x8 digits (1,797 images, no download), upsampled bilinearly to 20x20 and
+    centred in a 28x28 frame like an MNIST digit. Returns images (N, 28, 28) uint8 and labels (N,) long."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    small = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
+    big = F.interpolate(small, size=(SMALL_DIGIT_SIZE,) * 2, mode="bilinear", align_corners=False)
+    pad = (28 - SMALL_DIGIT_SIZE) // 2
+    images = F.pad(big, (pad,) * 4)[:, 0].clamp(0, 1)
+    return (images * 255).round().to(torch.uint8), torch.as_tensor(bunch.target, dtype=torch.long)
+
+
+class RotatedSmallDigitsDataModule(RotatedMNISTDataModule):
+    """Rotated MNIST's pipeline on a second image set that ships offline: scikit-learn's 8x8 digits.
+
+    Each digit is upsampled into a 28x28 frame (``load_small_digits``), then padded to 32x32, rotated and
+    given its per-sample anchors exactly as ``RotatedMNISTDataModule`` does. Splits: the last sixth of the
+    1,797 images (in a fixed permutation) is the test split, and the rest is split into train and validation
+    as a training file is (``split_train_val``). ``epoch_size`` draws that many rotated samples per epoch
+    (several passes, each digit at fresh angles), so an experiment's epoch-counted schedule can match the
+    number of batches it was tuned with (``conf/data/rotated_small_digits.yaml``).
+    """
+
+    def __init__(self, anchors_per_class: int = 10, batch_size: int = 32, seed: int = 0, max_angle: float = 350.0,
+                 num_workers: int = 0, epoch_size: int | None = None, root: str | None = None,
+                 download: bool = False) -> None:
+        # root and download are accepted (and unused) so that experiments written for MNIST compose with it.
+        super().__init__("", anchors_per_class, batch_size, seed, max_angle, num_workers, False, epoch_size)
+        self.save_hyperparameters()
+
+    def prepare_data(self) -> None:
+        pass  # bundled with scikit-learn
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        images, labels = load_small_digits()
+        order = torch.randperm(labels.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))
+        n_test = num_val(labels.shape[0])
+        test, rest = order[:n_test].sort().values, order[n_test:].sort().values
+        train, val = split_train_val(labels[rest])
+        self._build((images[rest][train], labels[rest][train]), (images[rest][val], labels[rest][val]),
+                    (images[test], labels[test]))

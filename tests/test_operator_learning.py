@@ -1,0 +1,154 @@
+"""What the operators learned, and the pieces that make them learn: the spectrum reading, drift from the
+stored random start, the bounded prior inference, the training-time rotation monitor, the matched-variation
+search and the offline rotated small-digits set."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from vaells.data.mnist import RotatedSmallDigitsDataModule, rotate
+from vaells.evaluation import operator_metrics
+from vaells.inference import CoefficientSolver, infer_coefficients, infer_jointly
+from vaells.mnist_metrics import match_spread, pearson
+from vaells.monitors import OperatorMonitor
+from vaells.transport import DILATION, MIXED, ROTATION, SPIRAL, TransportOperator, operator_reading
+
+
+def _rotation(omega: float, real: float = 0.0) -> Tensor:
+    return torch.tensor([[real, -omega], [omega, real]], dtype=torch.float64)
+
+
+# -- the reading -----------------------------------------------------------------------------------------
+def test_reading_labels_rotation_dilation_and_spiral() -> None:
+    assert operator_reading(_rotation(0.0335))[0] == ROTATION  # the release's circle operator
+    assert operator_reading(torch.diag(torch.tensor([0.05, -0.03], dtype=torch.float64)))[0] == DILATION
+    swiss = torch.tensor([[-1.5e-4, 0.0266], [-0.0269, -0.0050]], dtype=torch.float64)  # the release's swiss roll
+    reading, lam = operator_reading(swiss)
+    assert reading == SPIRAL
+    assert torch.allclose(lam.real, torch.full((2,), -0.0026, dtype=torch.float64), atol=2e-4)
+    # A rotation in one plane and an equally strong dilation in another: no single reading.
+    block = torch.block_diag(_rotation(0.05), torch.diag(torch.tensor([0.05, -0.05], dtype=torch.float64)))
+    assert operator_reading(block)[0] == MIXED
+    # A small leftover of the random start beside a strong rotation does not change the reading.
+    assert operator_reading(torch.block_diag(_rotation(0.1), torch.diag(torch.tensor([0.01, -0.01]))))[0] == ROTATION
+
+
+def test_drift_is_measured_from_the_stored_start() -> None:
+    op = TransportOperator(3, 2, init_std=0.01)
+    start = op.psi.detach().clone()
+    assert torch.equal(op.psi_init, start) and torch.all(op.drift() == 0)
+    with torch.no_grad():
+        op.psi[0] += start[0]  # operator 0 moves by its own norm, operator 1 stays
+    assert torch.allclose(op.drift(), torch.tensor([1.0, 0.0], dtype=torch.float64))
+    # The start travels in checkpoints; one written before it existed loads, with drift unknown (NaN).
+    fresh = TransportOperator(3, 2)
+    fresh.load_state_dict(op.state_dict())
+    assert torch.equal(fresh.psi_init, start)
+    old = TransportOperator(3, 2)
+    old.load_state_dict({"psi": op.psi.detach()})
+    assert torch.isnan(old.drift()).all()
+    report = operator_metrics(op)
+    assert report["operator_drift"] == pytest.approx([1.0, 0.0])
+    assert len(report["operator_eigenvalues"]) == 2 and len(report["operator_eigenvalues"][0]) == 3
+
+
+# -- bounded inference -----------------------------------------------------------------------------------
+def test_max_coeff_bounds_the_solution_and_leaves_the_residual_to_psi() -> None:
+    """A slow rotation needs c = 60 to turn a point by 120 degrees: unbounded, the solver gets there with zero
+    residual; bounded, it stops at the bound with the residual that tells Psi to grow."""
+    psi = _rotation(2 * math.pi / 3 / 60.0).unsqueeze(0)  # 120 degrees at c = 60
+    z0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    z1 = torch.tensor([[math.cos(2 * math.pi / 3), math.sin(2 * math.pi / 3)]], dtype=torch.float64)
+    free = infer_coefficients(psi, z0, z1, l1_weight=1e-6, restarts=[[0.0, 1.0]], max_iter=100)
+    assert float(free.c) == pytest.approx(60.0, rel=1e-3) and float(free.energy) < 1e-3
+    bounded = infer_coefficients(psi, z0, z1, l1_weight=1e-6, restarts=[[0.0, 1.0]], max_iter=100, max_coeff=10.0)
+    assert float(bounded.c) == pytest.approx(10.0) and float(bounded.energy) > 0.1
+    # In a joint solve each request keeps its own bound.
+    post, prior = infer_jointly(psi, [(CoefficientSolver(restarts=[[0.0, 1.0]]), z0, z1, None),
+                                      (CoefficientSolver(restarts=[[0.0, 1.0]], max_coeff=10.0), z0, z1, None)])
+    assert float(post.c) == pytest.approx(60.0, rel=1e-3) and float(prior.c) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="max_coeff"):
+        CoefficientSolver(max_coeff=0.0)
+
+
+# -- matched variation -----------------------------------------------------------------------------------
+def test_match_spread_reaches_the_target_on_a_toy_decoder() -> None:
+    calls = []
+
+    def variation(s: float) -> float:  # a decoder whose samples vary with the square of the spread
+        calls.append(s)
+        return 0.02 * s**2
+
+    spread, reached = match_spread(variation, target=0.01)
+    assert reached == pytest.approx(0.01, rel=0.02) and spread == pytest.approx(math.sqrt(0.5), rel=0.02)
+    assert len(calls) < 30
+    # Out of reach: the nearer end comes back, and the caller sees what was reached.
+    assert match_spread(lambda s: 1e-9 * s, target=1.0, high=100.0) == (100.0, pytest.approx(1e-7))
+
+
+# -- the training-time rotation monitor ------------------------------------------------------------------
+class _TurnModel(nn.Module):
+    """Encodes a digit's angle as (cos, sin) plus its identity, decodes by rotating a fixed digit; its one
+    operator turns the plane (``rotating``) or does nothing useful."""
+
+    def __init__(self, digit: Tensor, rotating: bool) -> None:
+        super().__init__()
+        self.digit = digit
+        self.table = rotate(digit.expand(360, -1, -1, -1), torch.arange(360.0))
+        self.transport = TransportOperator(3, 1, init_std=0.0)
+        with torch.no_grad():
+            if rotating:
+                self.transport.psi[0, 0, 1], self.transport.psi[0, 1, 0] = -0.05, 0.05
+            else:
+                self.transport.psi[0, 2, 2] = 0.05
+        self.coeff_scale, self.noise_std = 1.0, 0.0
+
+    def encode(self, x: Tensor) -> Tensor:
+        theta = torch.deg2rad(pearson(x[:, None], self.table[None]).argmax(-1).double())
+        return torch.stack([theta.cos(), theta.sin(), torch.ones_like(theta)], -1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        theta = torch.rad2deg(torch.atan2(z[:, 1], z[:, 0])).float()
+        return rotate(self.digit.expand(z.shape[0], -1, -1, -1), theta)
+
+
+def test_rotation_monitor_uses_a_fixed_subset_and_can_fail() -> None:
+    dm = RotatedSmallDigitsDataModule(seed=0)
+    dm.setup("fit")
+    monitor = OperatorMonitor(num_digits=3, seed=0)
+    first = monitor.validation_digits(dm)
+    assert first.shape == (3, 1, 32, 32)
+    assert torch.equal(OperatorMonitor(num_digits=3, seed=0).validation_digits(dm), first)  # same digits again
+    digit = first[:1]
+    good = monitor.metrics(_TurnModel(digit, rotating=True), dm)
+    bad = monitor.metrics(_TurnModel(digit, rotating=False), dm)
+    assert good["val/rotation_order"] > 0.9
+    assert bad["val/rotation_order"] < 0.5
+    assert set(good) >= {"val/psi_norm_0", "val/psi_drift_0", "val/rotation_match"}
+
+
+# -- the small-digits set --------------------------------------------------------------------------------
+def test_rotated_small_digits_load_offline_with_rotations_and_per_sample_anchors() -> None:
+    dm = RotatedSmallDigitsDataModule(anchors_per_class=4, batch_size=8, seed=0, epoch_size=100)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (1247, 250, 300)
+    assert dm.input_shape == (1, 32, 32) and dm.per_sample_anchors
+    loader = dm.train_dataloader()
+    assert len(loader.sampler) == 100  # epoch_size samples per epoch
+    batch = next(iter(loader))
+    assert batch["x"].shape == (8, 1, 32, 32) and batch["anchors"].shape == (8, 4, 1, 32, 32)
+    keys = list(loader.sampler)
+    digits = torch.stack([dm.train_set[k]["digit"] for k in keys[:8]])
+    # x is the upright digit rotated by the stated angle, and the anchors are it at 0, 90, 180 and 270 degrees.
+    assert torch.allclose(batch["x"], rotate(digits, batch["angle"]), atol=1e-6)
+    assert torch.allclose(batch["anchors"][:, 0], digits, atol=1e-6)
+    assert torch.allclose(batch["anchors"][:, 1], rotate(digits, torch.full((8,), 90.0)), atol=1e-6)
+    assert float(digits.amax()) == pytest.approx(1.0, abs=0.01) and float(digits[..., :6, :].abs().max()) == 0
+    # Test digits are upright.
+    assert float(dm.test_set[0]["angle"]) == 0.0

@@ -1,0 +1,59 @@
+"""Training-time monitors of what the transport operators learn (TensorBoard scalars, no figures).
+
+``OperatorMonitor`` logs, at every validation:
+
+- ``val/psi_norm_m`` and ``val/psi_drift_m``: each operator's Frobenius norm and its relative distance from
+  its random start (``TransportOperator.drift``), so a run whose operators never leave their
+  initialisation shows it at once;
+- with rotated digits, ``val/rotation_order`` and ``val/rotation_match`` (``mnist_metrics.rotation_metrics``)
+  on a fixed, seeded subset of upright validation digits, so a user sees when the rotation is learned or
+  lost, and a checkpoint can be chosen by it (``conf/experiment/rotated_mnist.yaml``).
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+
+class OperatorMonitor(pl.Callback):
+    """Args:
+    num_digits: upright validation digits for the rotation metrics (the same ones at every validation).
+    seed: the seed of that subset, and of the metric's own sampling.
+    """
+
+    def __init__(self, num_digits: int = 50, seed: int = 0) -> None:
+        if num_digits < 1:
+            raise ValueError(f"callbacks.operator_monitor.num_digits must be >= 1, got {num_digits}")
+        self.num_digits, self.seed = num_digits, seed
+        self._digits: torch.Tensor | None = None
+
+    def validation_digits(self, dm) -> torch.Tensor | None:
+        """The fixed subset of upright validation digits (N, 1, H, W), or None for data without rotations."""
+        val_set = getattr(dm, "val_set", None)
+        if not getattr(dm, "rotates_digits", False) or val_set is None:
+            return None
+        if self._digits is None:
+            pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(self.seed))
+            self._digits = torch.stack([val_set[int(i)]["digit"] for i in pick[: self.num_digits]])
+        return self._digits
+
+    def metrics(self, pl_module: pl.LightningModule, dm) -> dict[str, float]:
+        transport = pl_module.transport
+        out = {}
+        for m, (norm, drift) in enumerate(zip(transport.norms(), transport.drift(), strict=True)):
+            out[f"val/psi_norm_{m}"] = float(norm)
+            out[f"val/psi_drift_{m}"] = float(drift)
+        digits = self.validation_digits(dm)
+        if digits is not None:
+            from vaells.mnist_metrics import rotation_metrics
+
+            rot = rotation_metrics(pl_module, digits, seed=self.seed)
+            out |= {"val/rotation_order": rot["rotation_order"], "val/rotation_match": rot["rotation_match"]}
+        return out
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        # Logged from every rank with the same values (the subset is fixed), so no sync is needed.
+        pl_module.log_dict(self.metrics(pl_module, trainer.datamodule), sync_dist=False)
