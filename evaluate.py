@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaells.builders import build_datamodule, build_model, load_run
+from vaells.callbacks import save_run_figures
 from vaells.evaluation import evaluate_model
 
 
@@ -33,9 +34,9 @@ def main(cfg: DictConfig) -> None:
     figure_cfg = OmegaConf.to_container(figure_cfg, resolve=False) if figure_cfg is not None else {}
     figure_options = {k: v for k, v in figure_cfg.items() if k not in ("_target_", "output_dir", "every_n_epochs")}
     figure_options |= OmegaConf.to_container(cfg.figure_overrides)
-    metrics = evaluate_model(model, dm, figures_dir=out / "figures",
-                             classifier_cache=Path(__file__).resolve().parent / "data" / "classifiers",
-                             figure_options=figure_options, matched_variation=cfg.matched_variation)
+    metrics = evaluate_model(model, dm, classifier_cache=Path(__file__).resolve().parent / "data" / "classifiers",
+                             matched_variation=cfg.matched_variation)
+    save_run_figures(model, dm, out / "figures", figure_options)
     metrics["ckpt_path"] = str(cfg.ckpt_path)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     width = max(len(k) for k in metrics)

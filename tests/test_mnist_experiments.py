@@ -32,6 +32,7 @@ from vaells.mnist_metrics import (
     spearman,
     train_classifier,
 )
+from vaells.distributions import TransportPosterior
 from vaells.transport import TransportOperator
 
 NUM_TRAIN_FILE, NUM_TEST_FILE = 120, 40  # 100 train / 20 val: 10 per class, enough for 8 anchors per class
@@ -129,7 +130,15 @@ def test_missing_data_names_the_path_and_data_root(cli_runs) -> None:
 
 
 # -- rotation metrics ------------------------------------------------------------------------------------
-class RotationOracle(nn.Module):
+class _TransportSampling(nn.Module):
+    """The VAELLS posterior samples of the model interface, for the oracles below."""
+
+    def posterior_samples(self, x: Tensor, num_samples: int, spread: float = 1.0) -> Tensor:
+        q = TransportPosterior(self.encode(x), self.transport, spread * self.coeff_scale, self.noise_std)
+        return q.rsample(torch.Size([num_samples])).transpose(0, 1)
+
+
+class RotationOracle(_TransportSampling):
     """A perfect rotated-MNIST model for a few known digits: it encodes an image by lookup as
     (cos theta, sin theta, one-hot digit), decodes by rotating the stored digit, and its single operator
     turns the (cos, sin) plane (``rotating``) or, as a failing control, mixes the digit codes instead."""
@@ -204,7 +213,7 @@ def _split(root: Path) -> tuple[MNISTDataModule, Tensor, Tensor, Tensor, Tensor]
     return (dm, *dataset_tensors(dm.train_set), *dataset_tensors(dm.test_set))
 
 
-class ClassOracle(nn.Module):
+class ClassOracle(_TransportSampling):
     """Encodes a digit as the one-hot code of its nearest class template and decodes the template; its operator
     is zero (posterior samples keep the class) or a strong cyclic mixing of the codes (a failing control)."""
 
@@ -252,8 +261,11 @@ def test_class_preservation_passes_and_fails(mnist_root: Path, tmp_path: Path) -
 def test_mnist_metrics_on_an_untrained_natural_model(mnist_root: Path, tmp_path: Path) -> None:
     _, dm, model = _built("natural_mnist", mnist_root, tmp_path)
     metrics = mnist_metrics(model, dm, num_digits=20, classifier_steps=60, num_samples=3)
-    assert set(metrics) == {"classifier_accuracy", "class_preservation", "class_preservation_ceiling"}
-    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    fractions = {"classifier_accuracy", "class_preservation", "class_preservation_ceiling",
+                 "class_preservation_matched", "class_preservation_matched_init_psi"}
+    searches = {f"matched_{k}{s}" for k in ("spread", "variation") for s in ("", "_init_psi")}
+    assert set(metrics) == fractions | searches
+    assert all(0.0 <= metrics[k] <= 1.0 for k in fractions)
     assert mnist_metrics(model, object()) == {}  # other data: nothing to add
 
 

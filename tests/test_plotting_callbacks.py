@@ -85,7 +85,7 @@ class FakeVAELLS(pl.LightningModule):
         self.infer_calls += 1
         return torch.full((*z0.shape[:-1], self.transport.num_operators), 0.5, dtype=torch.float64)
 
-    def sample_prior(self, anchors: Tensor, num_samples: int) -> Tensor:
+    def sample_around(self, anchors: Tensor, num_samples: int) -> Tensor:
         c = sample_laplace((anchors.shape[0], num_samples, self.transport.num_operators), self.coeff_scale)
         z = self.transport(anchors.unsqueeze(1), c)  # (A, S, d)
         return z + self.noise_std * torch.randn_like(z)
@@ -204,7 +204,7 @@ def test_per_sample_anchors_and_images_add_a_decoded_grid() -> None:
 def test_model_without_transport_gets_the_scatter_only() -> None:
     module = FakeVAELLS()
     module.transport = None  # a baseline: its prior has no operators
-    module.sample_prior = lambda anchors, n: anchors.unsqueeze(1) + 0.1 * torch.randn(len(anchors), n, 2)
+    module.sample_around = lambda anchors, n: anchors.unsqueeze(1) + 0.1 * torch.randn(len(anchors), n, 2)
     figs = LatentFigures(num_points=20).build_figures(SimpleNamespace(datamodule=TinyData()), module)
     assert set(figs) == {"latent", "prior_samples"}
 

@@ -85,7 +85,7 @@ EXPECTED_PHASES = [WARMUP, NET, NET, PSI, PSI, NET, NET]
 OVERRIDES = [
     "experiment=swiss_roll",
     "model.schedule.warmup_steps=1", "model.schedule.net_steps=2", "model.schedule.psi_steps=2",
-    "model.encoder.hidden_dim=32", "model.decoder.hidden_dim=32",
+    "backbone.encoder.hidden_dim=32", "backbone.decoder.hidden_dim=32",
     "data.num_train=80", "data.num_val=10", "data.num_test=10", "data.batch_size=10",
 ]
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaells.data.base import AnchoredDataModule
-from vaells.module import VAELLSModule
+from vaells.models.base import ModelBase
+
+#: Training inputs handed to a model that starts from data (the VampPrior's pseudo-inputs).
+NUM_TRAIN_INPUTS = 1000
 
 
 def build_datamodule(cfg: DictConfig) -> AnchoredDataModule:
@@ -30,9 +35,36 @@ def fill_data_dims(model_cfg: DictConfig, input_shape: tuple[int, ...]) -> None:
                 model_cfg[node][key] = int(math.prod(input_shape))
 
 
-def build_model(cfg: DictConfig, dm: AnchoredDataModule) -> VAELLSModule:
-    fill_data_dims(cfg.model, dm.input_shape)
-    model = hydra.utils.instantiate(cfg.model, anchors=dm.anchors, anchor_labels=dm.anchor_labels)
+def train_inputs(dm: AnchoredDataModule, num: int = NUM_TRAIN_INPUTS) -> torch.Tensor:
+    """The first ``num`` training inputs in the order of the training loader (its seeded shuffle).
+    -> (num', *input_shape), num' <= num."""
+    parts, count = [], 0
+    for batch in dm.train_dataloader():
+        parts.append(batch["x"])
+        count += len(batch["x"])
+        if count >= num:
+            break
+    return torch.cat(parts)[:num]
+
+
+def data_arguments(model_cfg: DictConfig, dm: AnchoredDataModule) -> dict:
+    """The constructor arguments that come from the data, for the configured model class: those of its
+    parameters named here (VAELLS takes the class-matched anchors, the VampPrior training inputs)."""
+    supply: dict[str, Callable[[], object]] = {
+        "anchors": lambda: dm.anchors,
+        "anchor_labels": lambda: dm.anchor_labels,
+        "train_inputs": lambda: train_inputs(dm),
+    }
+    accepted = inspect.signature(hydra.utils.get_class(model_cfg._target_)).parameters
+    return {name: make() for name, make in supply.items() if name in accepted}
+
+
+def build_model(cfg: DictConfig, dm: AnchoredDataModule) -> ModelBase:
+    """The model of ``cfg.model`` for the data of ``dm``. The model node is resolved first (it interpolates the
+    experiment's shared ``backbone``), then the data's sizes are filled in."""
+    model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    fill_data_dims(model_cfg, dm.input_shape)
+    model = hydra.utils.instantiate(model_cfg, **data_arguments(model_cfg, dm))
     # Stored in the checkpoint so evaluate.py rebuilds exactly this run (resolved: run paths become literal).
     model.run_config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                         for k, v in cfg.items() if k != "hydra"}

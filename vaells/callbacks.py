@@ -2,12 +2,12 @@
 
 ``LatentFigures`` asks the LightningModule only for this small API (``VAELLSModule`` provides it):
 
-- ``encode(x) -> (B, d)`` latent means, ``decode(z) -> (B, *input_shape)``;
+- ``encode(x) -> (B, d)`` latent means, ``decode(z) -> (B, *input_shape)`` (every model: ``LatentModel``);
 - ``transport`` (a ``TransportOperator``) and ``infer_coefficients(z0, z1) -> (..., M)``;
-- ``anchor_latents() -> (K * N_a, d) | None``, ``anchor_labels`` and ``sample_prior(anchors, S) -> (A, S, d)``.
+- ``anchor_latents() -> (K * N_a, d) | None``, ``anchor_labels`` and ``sample_around(anchors, S) -> (A, S, d)``.
 
-A model without ``transport`` (a baseline VAE) gets the latent scatter only; one without ``sample_prior``
-gets no prior figure.
+A model without ``transport`` (a baseline VAE) gets the latent scatter only; one without ``sample_around``
+gets no prior figure. ``save_run_figures`` draws the same figures outside of training (``evaluate.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -232,10 +233,10 @@ class LatentFigures(pl.Callback):
         transport = getattr(pl_module, "transport", None)
         if transport is not None:
             figs["orbits"] = self._orbit_figure(transport, z, proj)
-        if anchors is not None and hasattr(pl_module, "sample_prior"):
+        if anchors is not None and hasattr(pl_module, "sample_around"):
             idx = torch.linspace(0, anchors.shape[0] - 1, min(self.max_prior_anchors, anchors.shape[0])).round().long()
             chosen = anchors[idx.to(anchors.device)]
-            samples = pl_module.sample_prior(chosen, self.num_prior_samples)  # (A, S, d)
+            samples = pl_module.sample_around(chosen, self.num_prior_samples)  # (A, S, d)
             figs["prior_samples"] = plotting.prior_samples(z_cpu, chosen.cpu(), samples.cpu(), projection=proj)
             if data["x"].dim() >= 3 and hasattr(pl_module, "decode"):
                 figs["prior_decoded"] = self._decoded_grid(pl_module, chosen, samples)
@@ -296,3 +297,23 @@ class LatentFigures(pl.Callback):
         z = torch.cat([anchors[:rows, None], samples[:rows, :per_row]], dim=1)  # (rows, 1 + per_row, d)
         images = pl_module.decode(z.reshape(-1, z.shape[-1]))
         return plotting.image_grid(images.cpu(), nrow=per_row + 1, title="decoded anchor | prior samples")
+
+
+def save_run_figures(model: nn.Module, dm: pl.LightningDataModule, directory: str | Path,
+                     options: Mapping[str, Any] | None = None) -> list[Path]:
+    """Draw what ``LatentFigures`` draws at the end of training, with its ``options`` (a run's own figure
+    settings, e.g. the natural-MNIST ring spread), for a trained model outside of a Trainer; write the PNGs
+    into ``directory`` and return their paths."""
+    figures = LatentFigures(**{**(options or {}), "output_dir": str(directory)})
+    return figures.save_figures(figures.build_figures(_TrainerView(dm), model), directory)
+
+
+class _TrainerView:
+    """What the figure builder reads from a Trainer, for use outside of one."""
+
+    def __init__(self, dm: pl.LightningDataModule) -> None:
+        self.datamodule = dm
+        self.is_global_zero = True
+        self.global_step = 0
+        self.current_epoch = 0
+        self.logger = None

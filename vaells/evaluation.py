@@ -1,16 +1,17 @@
-"""Test-split metrics of a trained VAELLS model (what ``evaluate.py`` reports)."""
+"""Test-split metrics of a trained model (what ``evaluate.py`` and ``train.py`` report), through the model
+interface (``vaells.models.base.LatentModel``) only. Figures are drawn separately (``vaells.callbacks``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
+from torch import nn
 
 from vaells.data.base import AnchoredDataModule
 from vaells.metrics import continuity, knn_accuracy, trustworthiness
-from vaells.module import VAELLSModule
+from vaells.mnist_metrics import mnist_metrics
+from vaells.models.base import has_operators
 from vaells.transport import TransportOperator, operator_reading
 
 
@@ -29,8 +30,8 @@ def operator_metrics(transport: TransportOperator) -> dict[str, list]:
 
 
 @torch.no_grad()
-def encode_split(model: VAELLSModule, loader) -> dict[str, torch.Tensor]:
-    """Latent means of a whole split, with its labels and (synthetic data) true coordinates."""
+def encode_split(model: nn.Module, loader) -> dict[str, torch.Tensor]:
+    """Latent locations of a whole split, with its labels and (synthetic data) true coordinates."""
     parts: dict[str, list[torch.Tensor]] = {"mu": [], "label": [], "coords": []}
     for batch in loader:
         parts["mu"].append(model.encode(batch["x"].to(model.device)).cpu())
@@ -42,28 +43,29 @@ def encode_split(model: VAELLSModule, loader) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate_model(
-    model: VAELLSModule,
+    model: nn.Module,
     dm: AnchoredDataModule,
-    figures_dir: Path | None = None,
     classifier_cache: Path | None = None,
-    figure_options: Mapping[str, Any] | None = None,
     matched_variation: float = 0.01,
 ) -> dict:
-    """mse (per dimension, from a posterior sample), elbo (the training objective's negative without the
-    dictionary term, i.e. the release's "ELBO" metric), and the latent-structure metrics the data allows:
-    knn_accuracy (k = 5, labelled data), trustworthiness and continuity (k = 10, against true coordinates)."""
+    """mse (per dimension, from a posterior sample), elbo (the negative training objective without regularisers
+    of parameters; for VAELLS the release's "ELBO" metric), and the latent-structure metrics the data allows:
+    knn_accuracy (k = 5, labelled data), trustworthiness and continuity (k = 10, against true coordinates);
+    the image metrics of ``vaells.mnist_metrics``; and for models with transport operators what they learned
+    (``operator_metrics``)."""
     model.eval()
     dm.setup("test")
     sq_err, elbo, n = 0.0, 0.0, 0
     for batch in dm.test_dataloader():
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        terms = model.forward_terms(batch, model.weights)
+        scores = model.batch_scores(batch)
         out_b = batch["x"].shape[0]
-        sq_err += float((terms["x_hat"] - batch["x"]).pow(2).mean()) * out_b
-        elbo += -float(terms["terms"]["loss"] - terms["terms"]["dictionary"]) * out_b
+        sq_err += float(scores["mse"]) * out_b
+        elbo += float(scores["elbo"]) * out_b
         n += out_b
     metrics: dict[str, float | str | list] = {"mse": sq_err / n, "elbo": elbo / n, "num_test": n}
-    metrics |= operator_metrics(model.transport)
+    if has_operators(model):
+        metrics |= operator_metrics(model.transport)
     test = encode_split(model, dm.test_dataloader())
     if dm.num_classes > 1:
         train = encode_split(model, dm.train_dataloader())
@@ -71,24 +73,5 @@ def evaluate_model(
     if "coords" in test:
         metrics["trustworthiness"] = trustworthiness(test["coords"], test["mu"], k=10)
         metrics["continuity"] = continuity(test["coords"], test["mu"], k=10)
-    from vaells.mnist_metrics import mnist_metrics  # {} for non-MNIST data
-
     metrics |= mnist_metrics(model, dm, seed=0, cache_dir=classifier_cache, matched_variation=matched_variation)
-    if figures_dir is not None:
-        from vaells.callbacks import LatentFigures  # matplotlib only when figures are wanted
-
-        # The run's own figure settings (e.g. the natural-MNIST ring spread), so evaluation draws what training drew.
-        figures = LatentFigures(**{**(figure_options or {}), "output_dir": str(figures_dir)})
-        figures.save_figures(figures.build_figures(_TrainerView(dm), model), figures_dir)
     return metrics
-
-
-class _TrainerView:
-    """What the figure builder reads from a Trainer, for use outside of one."""
-
-    def __init__(self, dm: AnchoredDataModule) -> None:
-        self.datamodule = dm
-        self.is_global_zero = True
-        self.global_step = 0
-        self.current_epoch = 0
-        self.logger = None

@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from vaells.mnist_metrics import (
     coefficient_span,
     decode_chunked,
+    decoded_posterior_samples,
     encode_chunked,
     evaluating,
     operator_path_frames,
-    posterior_samples,
 )
 
 #: The PNG names of ``build_image_figures`` (``operator_paths`` only when M > 1).
@@ -82,7 +82,7 @@ def posterior_ring(
             spans = [hi for _, hi in _spans(model, mu, range(model.transport.num_operators), None)]
             spread = 0.25 * float(np.median(spans))
         centre = decode_chunked(model, mu)  # (N, C, H, W)
-        samples = posterior_samples(model, x, num_samples, spread / model.coeff_scale)  # (N, S, C, H, W)
+        samples = decoded_posterior_samples(model, x, num_samples, spread / model.coeff_scale)  # (N, S, C, H, W)
     n = x.shape[0]
     cols = min(ncols, n)
     rows = math.ceil(n / cols)

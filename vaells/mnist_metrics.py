@@ -1,4 +1,4 @@
-"""Rotated and natural MNIST metrics (issue 4, sections 7-8): what ``evaluate.py`` adds for image models.
+"""Rotated and natural MNIST metrics: what ``evaluate.py`` adds for image models.
 
 Rotated MNIST asks whether the learned operator *is* a rotation: upright test digits are rotated by
 theta in -90..90 degrees (step 15) with ``vaells.data.mnist.rotate``, the one rotation of the project, and
@@ -20,8 +20,9 @@ decoded posterior *mean* decode(encode(x)): samples cannot keep a class that the
 (with d = 6 it loses some), so, as for rotations, compare the two. ``mse`` and ``elbo`` come from
 ``vaells.evaluation``.
 
-The functions use only ``model.encode``, ``model.decode``, ``model.transport``, ``model.coeff_scale`` and
-``model.noise_std``, so any model with that API (and the fakes of the tests) can be scored.
+The class metrics use only the model interface (``vaells.models.base.LatentModel``: ``encode``, ``decode``,
+``posterior_samples``), so every model of the project, and the fakes of the tests, can be scored; the rotation
+metrics follow the paths of transport operators and exist for models that have them (``has_operators``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from vaells.data.mnist import MNISTDataModule, RotatedMNISTDataModule, rotate
-from vaells.distributions import TransportPosterior
+from vaells.models.base import has_operators
 
 #: The issue's angle grid, degrees.
 ROTATION_ANGLES = tuple(range(-90, 91, 15))
@@ -51,7 +52,7 @@ CHUNK = 512
 
 # -- helpers --------------------------------------------------------------------------------------------
 def _device(model: nn.Module) -> torch.device:
-    return model.transport.psi.device
+    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 @contextmanager
@@ -284,14 +285,13 @@ def cached_classifier(
     return clf
 
 
-def posterior_samples(model: nn.Module, x: Tensor, num_samples: int, spread: float = 1.0) -> Tensor:
-    """Decoded samples of q(z | x) with the Laplace scale ``spread * model.coeff_scale``.
+def decoded_posterior_samples(model: nn.Module, x: Tensor, num_samples: int, spread: float = 1.0) -> Tensor:
+    """Decoded ``model.posterior_samples`` at ``spread`` (for VAELLS: the Laplace scale ``spread * b``).
 
-    x (N, *img) -> (N, num_samples, *img) float32 on the CPU. Call inside ``evaluating`` for seeding.
+    x (N, *img) -> (N, num_samples, *img) float32 on the CPU. x is encoded in one call. Call inside
+    ``evaluating`` for seeding.
     """
-    mu = encode_chunked(model, x)  # (N, d)
-    q = TransportPosterior(mu, model.transport, spread * model.coeff_scale, model.noise_std)
-    z = q.rsample(torch.Size([num_samples])).transpose(0, 1)  # (N, S, d)
+    z = model.posterior_samples(x.to(_device(model)), num_samples, spread)  # (N, S, d)
     images = decode_chunked(model, z.reshape(-1, z.shape[-1]))
     return images.view(x.shape[0], num_samples, *images.shape[1:])
 
@@ -303,7 +303,7 @@ def class_preservation(
     """Fraction of decoded posterior samples (``num_samples`` per digit) that ``clf`` assigns to the digit's
     class.  x (N, C, H, W), labels (N,)."""
     with evaluating(model, seed):
-        samples = posterior_samples(model, x, num_samples, spread)  # (N, S, C, H, W)
+        samples = decoded_posterior_samples(model, x, num_samples, spread)  # (N, S, C, H, W)
     predicted = predict(clf, samples.flatten(0, 1)).view(x.shape[0], num_samples)
     return float((predicted == labels.cpu().view(-1, 1)).float().mean())
 
@@ -322,7 +322,7 @@ def sample_variation(model: nn.Module, x: Tensor, spread: float, *, num_samples:
     centre decode(encode(x)): how much visible change sampling makes.  x (N, C, H, W)."""
     with evaluating(model, seed):
         centre = decode_chunked(model, encode_chunked(model, x))  # (N, C, H, W)
-        samples = posterior_samples(model, x, num_samples, spread)  # (N, S, C, H, W)
+        samples = decoded_posterior_samples(model, x, num_samples, spread)  # (N, S, C, H, W)
     value = float((samples - centre.unsqueeze(1)).pow(2).mean())
     return value if math.isfinite(value) else math.inf
 
@@ -391,20 +391,24 @@ def mnist_metrics(
     cache_dir: str | Path | None = None,
     matched_variation: float = 0.01,
 ) -> dict[str, float]:
-    """The issue's image metrics for ``dm``'s test split; {} for any other DataModule.
+    """The image metrics for ``dm``'s test split; {} for any other DataModule.
 
-    RotatedMNISTDataModule: ``rotation_metrics`` on ``num_digits`` (default 100) upright test digits.
+    RotatedMNISTDataModule: ``rotation_metrics`` on ``num_digits`` (default 100) upright test digits, for models
+    with transport operators.
     MNISTDataModule: ``classifier_accuracy`` on the whole test split, ``class_preservation`` and
     ``class_preservation_ceiling`` on ``num_digits`` (default 1000) test digits, with a classifier trained on
     the train split for ``classifier_steps`` batches (cached in ``cache_dir`` when given); then
     ``class_preservation_matched`` at ``matched_variation`` (with ``matched_spread`` and the variation
-    reached), and the same three with the operators reset to their random start (``*_init_psi``).
+    reached), and for models with transport operators the same three with the operators reset to their random
+    start (``*_init_psi``).
     Test digits are a seeded draw.
     """
     if not isinstance(dm, MNISTDataModule | RotatedMNISTDataModule):
         return {}
     dm.setup("test")
     if isinstance(dm, RotatedMNISTDataModule):
+        if not has_operators(model):
+            return {}
         pick = _pick(len(dm.test_set), num_digits or 100, seed)
         digits = torch.stack([dm.test_set[int(i)]["digit"] for i in pick])  # upright, padded: (N, 1, 32, 32)
         return rotation_metrics(model, digits, seed=seed)
@@ -420,6 +424,8 @@ def mnist_metrics(
            "class_preservation_ceiling": ceiling}
     out |= class_preservation_matched(model, clf, x_pick, y_pick, target=matched_variation,
                                       num_samples=num_samples, seed=seed)
+    if not has_operators(model):
+        return out
     # The same model with every operator reset to its random start: what the learned operators add.
     init_model = copy.deepcopy(model)
     with torch.no_grad():

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from vaells.distributions import AnchorPrior, TransportPosterior
 from vaells.inference import CoefficientSolver, InferenceResult, infer_jointly, restart_inits
+from vaells.models.base import ModelBase
 from vaells.objectives import LossWeights, check_finite_loss, reconstruction_error, vaells_loss
 from vaells.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
 from vaells.transport import TransportOperator
@@ -23,7 +23,7 @@ from vaells.transport import TransportOperator
 PHASE_CODES = {WARMUP: 0, NET: 1, PSI: 2, JOINT: 3}
 
 
-class VAELLSModule(pl.LightningModule):
+class VAELLSModule(ModelBase):
     """VAELLS with manual optimization: a network optimizer (encoder, decoder) and an operator optimizer
     (Psi, and the learnable anchors in input space), stepped according to ``schedule``.
 
@@ -86,6 +86,7 @@ class VAELLSModule(pl.LightningModule):
         if latent_scale <= 0 or noise_std < 0 or weights.post_l1 <= 0:
             raise ValueError("model.latent_scale and model.weights.post_l1 must be > 0 and model.noise_std >= 0")
         self.automatic_optimization = False
+        self.latent_dim = latent_dim
         self.encoder, self.decoder, self.transport = encoder, decoder, transport
         self.posterior_solver, self.prior_solver = posterior_solver, prior_solver
         self.optimizer_factory, self.psi_optimizer_factory = optimizer, psi_optimizer
@@ -106,8 +107,6 @@ class VAELLSModule(pl.LightningModule):
             self.anchors_per_class = int(counts[0])
         else:
             self.anchor_labels = None
-        self.batch_counter = 0  # batches seen: drives warm-up and alternation (not trainer.global_step)
-        self.run_config: dict | None = None  # the composed Hydra config, stored in checkpoints by train.py
 
     # -- the model -----------------------------------------------------------------------------------
     @property
@@ -142,10 +141,50 @@ class VAELLSModule(pl.LightningModule):
         """MAP coefficients z0 -> z1 with the prior solver (its restarts).  (..., d) -> (..., M)."""
         return self.prior_solver(self.transport.psi, z0, z1).c
 
-    def sample_prior(self, anchors: Tensor, num_samples: int) -> Tensor:
-        """z ~ q(z | a) around each anchor (A, d) -> (A, num_samples, d)."""
+    def sample_around(self, anchors: Tensor, num_samples: int) -> Tensor:
+        """z ~ q(z | a) around each anchor (A, d) -> (A, num_samples, d): the prior's components (eq. 8)."""
         mu = anchors.unsqueeze(1).expand(-1, num_samples, -1)
         return TransportPosterior(mu, self.transport, self.coeff_scale, self.noise_std).rsample()
+
+    # -- the model interface (vaells.models.base.LatentModel) -----------------------------------------
+    def posterior_samples(self, x: Tensor, num_samples: int, spread: float = 1.0) -> Tensor:
+        """z = T(c) mu + eps of eq. 5-6 with c ~ Laplace(0, spread * b): ``spread`` scales the coefficients, and
+        so how far each sample is carried along the operators' paths; the noise sigma_eps stays.  -> (B, S, d)."""
+        q = TransportPosterior(self.encode(x), self.transport, spread * self.coeff_scale, self.noise_std)
+        return q.rsample(torch.Size([num_samples])).transpose(0, 1)
+
+    def sample_prior(self, num_samples: int, labels: Tensor | None = None) -> Tensor:
+        """z ~ p(z | label) of eq. 8: z ~ q(z | a) around a uniformly drawn anchor of each label's class
+        (labels (num_samples,)), or of any class without labels.  -> (num_samples, d).
+
+        Needs class-matched anchors; with per-sample anchors (rotated MNIST) the prior of a sample is built
+        from its own anchors: use ``sample_around``.
+        """
+        anchors = self.anchor_latents()
+        if anchors is None:
+            raise ValueError("this model's prior is built from each sample's own anchors; use sample_around")
+        if labels is None:
+            per_sample = anchors.unsqueeze(0).expand(num_samples, -1, -1)  # (N, K * N_a, d): one pool
+        else:
+            if labels.shape != (num_samples,):
+                raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
+            per_class = anchors.view(-1, self.anchors_per_class, anchors.shape[-1])  # (K, N_a, d)
+            per_sample = per_class[labels.to(anchors.device).long()]  # (N, N_a, d)
+        return AnchorPrior(per_sample, self.transport, self.coeff_scale, self.noise_std).rsample()
+
+    def log_weights(self, x: Tensor, num_samples: int) -> Tensor:
+        raise NotImplementedError(
+            "VAELLS's q(z|x) and p(z) are known only at their inferred coefficients c_hat (eq. 7), so exact "
+            "importance weights log p(x|z) + log p(z) - log q(z|x) are not implemented"
+        )
+
+    @torch.no_grad()
+    def batch_scores(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``mse`` of a posterior sample's reconstruction, and ``elbo`` = -(loss of eq. 9 - dictionary term), the
+        release's "ELBO" metric."""
+        out = self.forward_terms(batch, self.weights)
+        terms = out["terms"]
+        return {"mse": (out["x_hat"] - batch["x"]).pow(2).mean(), "elbo": -(terms["loss"] - terms["dictionary"])}
 
     def forward_terms(self, batch: dict[str, Tensor], weights: LossWeights) -> dict[str, Any]:
         """One posterior sample, both inferences and the loss terms (eq. 9), plus what the Psi rule reuses."""
@@ -279,13 +318,12 @@ class VAELLSModule(pl.LightningModule):
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["vaells"] = {
             "batch_counter": self.batch_counter,
             "phase": self.schedule.phase(self.batch_counter),
             "psi_rule": self.psi_rule.state_dict() if self.psi_rule is not None else None,
         }
-        if self.run_config is not None:
-            checkpoint["run_config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("vaells", {})

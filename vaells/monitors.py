@@ -1,6 +1,7 @@
 """Training-time monitors of what the transport operators learn (TensorBoard scalars, no figures).
 
-``OperatorMonitor`` logs, at every validation:
+``OperatorMonitor`` logs, at every validation of a model with transport operators (VAELLS; the baselines have
+none, and get nothing from it):
 
 - ``val/psi_norm_m`` and ``val/psi_drift_m``: each operator's Frobenius norm and its relative distance from
   its random start (``TransportOperator.drift``), so a run whose operators never leave their
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+
+from vaells.models.base import has_operators
 
 
 class OperatorMonitor(pl.Callback):
@@ -53,7 +56,7 @@ class OperatorMonitor(pl.Callback):
         return out
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not has_operators(pl_module):
             return
         # Logged from every rank with the same values (the subset is fixed), so no sync is needed.
         pl_module.log_dict(self.metrics(pl_module, trainer.datamodule), sync_dist=False)

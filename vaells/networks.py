@@ -1,7 +1,9 @@
 """Encoders f_φ and decoders g_θ as in the authors' release (method notes §5): plain ``nn.Module``s.
 
 The encoders are deterministic: VAELLS' posterior q(z|x) is built around the encoder's point estimate
-μ = f_φ(x) by transport operators, so there is no variance head. There is no batch-norm either.
+μ = f_φ(x) by transport operators, so there is no variance head. There is no batch-norm either. A baseline
+whose posterior needs a spread (a log-variance, a concentration) widens the encoder's output layer with
+``widen_output`` and keeps the same body.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class MLPEncoder(nn.Module):
             nn.Linear(input_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, latent_dim)
         )
 
+    def widen_output(self, extra: int) -> None:
+        """Give the output layer ``extra`` more outputs: (B, D) -> (B, d + extra) (a baseline's spread head)."""
+        self.net[-1] = widened_linear(self.net[-1], extra)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.flatten(start_dim=1))  # (B, d)
 
@@ -55,6 +61,15 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)  # (B, D)
+
+
+def widened_linear(layer: nn.Linear, extra: int) -> nn.Linear:
+    """A fresh Linear with the input of ``layer`` and ``extra`` more outputs, in PyTorch's default init (as every
+    Linear layer of the release)."""
+    if extra < 0:
+        raise ValueError(f"extra outputs must be >= 0, got {extra}")
+    return nn.Linear(layer.in_features, layer.out_features + extra, device=layer.weight.device,
+                     dtype=layer.weight.dtype)
 
 
 def _check_image_size(image_size: int) -> int:
@@ -90,6 +105,10 @@ class ConvEncoder(nn.Module):
         )
         self.head = nn.Linear(channels * side * side, latent_dim)
         init_conv_weights(self)
+
+    def widen_output(self, extra: int) -> None:
+        """Give the output layer ``extra`` more outputs: (B, C, S, S) -> (B, d + extra) (a baseline's spread head)."""
+        self.head = widened_linear(self.head, extra)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.features(x)  # (B, 64, S/4, S/4)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from vaells.distributions import anchor_log_mean_exp
+from vaells.distributions import anchor_log_mean_exp, gaussian_log_prob
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,15 @@ def vaells_loss(
 def reconstruction_error(x: Tensor, x_hat: Tensor) -> Tensor:
     """1/2 ||x - x_hat||^2 per sample, summed over all data dimensions.  (B, ...) -> (B,)."""
     return 0.5 * (x - x_hat).pow(2).flatten(1).sum(-1)
+
+
+def reconstruction_log_likelihood(x: Tensor, x_hat: Tensor, recon: float) -> Tensor:
+    """log p(x | z) = log N(x; x_hat, I / recon) per sample, the decoder likelihood whose negative is
+    ``recon * reconstruction_error`` up to its normalising constant (recon = zeta_1 = 1 / sigma_x^2).  x, x_hat
+    (N, ...) -> (N,). Every model of the project scores its reconstructions with this one likelihood."""
+    if not recon > 0:
+        raise ValueError(f"the recon weight (1 / sigma_x^2) must be > 0, got {recon}")
+    return gaussian_log_prob((x - x_hat).flatten(1), recon**-0.5)
 
 
 def check_finite_loss(terms: dict[str, Tensor], step: int) -> None:

@@ -1,0 +1,214 @@
+"""The interface through which evaluation sees every model, and what the models share.
+
+``LatentModel`` is all that metrics, the report and the figures may ask of a model: encode, decode, sample the
+posterior at a spread, sample the prior, and the importance log-weights of eq. 4. VAELLS
+(``vaells.models.vaells``) and the baselines implement it; what only VAELLS has (transport operators) is asked
+for with ``has_operators``, never by class.
+
+``ModelBase`` is the LightningModule base of every model: the batch counter that drives warm-ups and
+schedules (``trainer.global_step`` counts optimizer steps, of which a VAELLS joint batch takes two), and the
+run's composed config, stored in every checkpoint so that ``evaluate.py`` rebuilds exactly that run.
+
+``VariationalModel`` is the training shared by the baselines: a VAE with an explicit posterior q(z|x) and
+prior p(z), on the ELBO of eq. 4 with the decoder likelihood every model of the project uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, kl_divergence
+
+from vaells.objectives import check_finite_loss, reconstruction_error, reconstruction_log_likelihood
+
+
+@runtime_checkable
+class LatentModel(Protocol):
+    """What evaluation asks of a model. Shapes: x (B, *input_shape), z (N, d)."""
+
+    latent_dim: int
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The posterior's location for each input.  (B, *input_shape) -> (B, d)."""
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The decoder's mean g(z).  (N, d) -> (N, *input_shape)."""
+
+    def posterior_samples(self, x: Tensor, num_samples: int, spread: float = 1.0) -> Tensor:
+        """z ~ q(z | x), with the posterior's spread multiplied by ``spread`` (1: the model's own posterior; each
+        model documents what it scales). The samples at different spreads come from the same random numbers
+        when the caller seeds them, so the visible change grows with ``spread``.  -> (B, S, d)."""
+
+    def sample_prior(self, num_samples: int, labels: Tensor | None = None) -> Tensor:
+        """z ~ p(z), or z_n ~ p(z | labels_n) for a class-conditional prior (labels (num_samples,)).  -> (N, d)."""
+
+    def log_weights(self, x: Tensor, num_samples: int) -> Tensor:
+        """log p(x | z_s) + log p(z_s) - log q(z_s | x) for z_s ~ q(z | x): the integrand of eq. 4, whose
+        log-mean-exp over s is an importance-sampled bound on log p(x).  -> (B, S), float64."""
+
+    def batch_scores(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Batch means of ``mse`` (per data dimension, reconstructions of a posterior sample) and ``elbo`` (the
+        negative training objective, without regularisers of parameters)."""
+
+
+def has_operators(model: object) -> bool:
+    """Whether ``model`` carries transport operators (VAELLS): the metrics and figures only they allow."""
+    return getattr(model, "transport", None) is not None
+
+
+class ModelBase(pl.LightningModule):
+    """The batch counter and the stored run config of every model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_counter = 0  # batches seen: drives warm-up and alternation (not trainer.global_step)
+        self.run_config: dict | None = None  # the composed Hydra config, stored in checkpoints by the builder
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["run_config"] = self.run_config
+
+
+class VariationalModel(ModelBase):
+    """A VAE with an explicit posterior and prior, trained on the negative ELBO of eq. 4:
+
+        L = recon * mean_b 1/2 ||x_b - g(z_b)||^2 + beta * mean_b KL(q(z | x_b) || p(z)),   z_b ~ q(z | x_b),
+
+    the decoder likelihood N(x; g(z), I / recon) of VAELLS (``vaells.objectives``), so that the models' numbers
+    compare. At beta = 1 this is -ELBO up to the likelihood's constant. beta ramps linearly from 0 to 1 over
+    the first ``kl_warmup_steps`` training batches (a KL warm-up) and is 1 in validation and evaluation. The KL
+    is in closed form where ``torch.distributions`` registers one, else the one-sample estimate
+    log q(z_b | x_b) - log p(z_b).
+
+    Subclasses give ``posterior(x, spread)`` and ``prior()`` (torch Distributions with event shape (d,)) and
+    ``encode``; the encoder's output layer gains ``head_outputs`` outputs for the posterior's spread.
+
+    Args:
+        encoder, decoder: the experiment's networks (``vaells.networks``), the encoder with d outputs.
+        latent_dim: d.
+        recon_weight: zeta_1 = 1 / sigma_x^2, the decoder likelihood (VAELLS's ``weights.recon``).
+        optimizer: partial torch optimizer, given all parameters.
+        kl_warmup_steps: training batches over which beta ramps from 0 to 1; 0: beta = 1 throughout.
+        head_outputs: outputs the posterior's spread needs (set by the subclass).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        latent_dim: int,
+        recon_weight: float,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        kl_warmup_steps: int = 0,
+        *,
+        head_outputs: int,
+    ) -> None:
+        super().__init__()
+        if latent_dim < 1 or not recon_weight > 0 or kl_warmup_steps < 0:
+            raise ValueError(f"need latent_dim >= 1, recon_weight > 0 and kl_warmup_steps >= 0, got {latent_dim}, "
+                             f"{recon_weight}, {kl_warmup_steps}")
+        if getattr(encoder, "latent_dim", latent_dim) != latent_dim:
+            raise ValueError(f"the encoder has latent_dim={encoder.latent_dim} but the model {latent_dim}")
+        if not hasattr(encoder, "widen_output"):
+            raise TypeError(f"{type(encoder).__name__} needs a widen_output(extra) method for the posterior's head")
+        encoder.widen_output(head_outputs)
+        self.encoder, self.decoder = encoder, decoder
+        self.latent_dim, self.recon_weight, self.kl_warmup_steps = latent_dim, recon_weight, kl_warmup_steps
+        self.optimizer_factory = optimizer
+
+    # -- the model: subclasses ------------------------------------------------------------------------
+    def posterior(self, x: Tensor, spread: float = 1.0) -> Distribution:
+        """q(z | x), batch shape (B,), event shape (d,), with its spread multiplied by ``spread``."""
+        raise NotImplementedError
+
+    def prior(self) -> Distribution:
+        """p(z), event shape (d,)."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- the interface --------------------------------------------------------------------------------
+    def decode(self, z: Tensor) -> Tensor:
+        """g(z) in the decoder's dtype.  (N, d) -> (N, *input_shape)."""
+        param = next(self.decoder.parameters())
+        return self.decoder(z.to(param.dtype))
+
+    def posterior_samples(self, x: Tensor, num_samples: int, spread: float = 1.0) -> Tensor:
+        return self.posterior(x, spread).rsample(torch.Size([num_samples])).transpose(0, 1)  # (B, S, d)
+
+    def sample_prior(self, num_samples: int, labels: Tensor | None = None) -> Tensor:
+        """z ~ p(z); ``labels`` are ignored (the baselines' priors are not class-conditional).  -> (N, d)."""
+        return self.prior().sample(torch.Size([num_samples]))
+
+    def log_weights(self, x: Tensor, num_samples: int) -> Tensor:
+        q = self.posterior(x)
+        z = q.sample(torch.Size([num_samples]))  # (S, B, d)
+        x_hat = self.decode(z.flatten(0, 1))  # (S * B, *input_shape)
+        x_rep = x.unsqueeze(0).expand(num_samples, *x.shape).flatten(0, 1)
+        log_lik = reconstruction_log_likelihood(x_rep, x_hat, self.recon_weight).view(num_samples, x.shape[0])
+        log_w = log_lik.double() + self.prior().log_prob(z).double() - q.log_prob(z).double()  # (S, B)
+        return log_w.transpose(0, 1)
+
+    @torch.no_grad()
+    def batch_scores(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        terms, x_hat = self.loss_terms(batch["x"])
+        return {"mse": (x_hat - batch["x"]).pow(2).mean(), "elbo": -terms["loss"]}
+
+    # -- the objective --------------------------------------------------------------------------------
+    @property
+    def kl_weight(self) -> float:
+        """beta of the KL warm-up at the current training batch."""
+        return min(1.0, self.batch_counter / self.kl_warmup_steps) if self.kl_warmup_steps else 1.0
+
+    def kl(self, q: Distribution, z: Tensor) -> Tensor:
+        """KL(q(z | x) || p(z)) per sample: closed form, or log q(z) - log p(z) at the sample z (B, d).  -> (B,)."""
+        p = self.prior()
+        try:
+            return kl_divergence(q, p)
+        except NotImplementedError:  # no closed form (a mixture prior)
+            return q.log_prob(z) - p.log_prob(z)
+
+    def loss_terms(self, x: Tensor, kl_weight: float = 1.0) -> tuple[dict[str, Tensor], Tensor]:
+        """The weighted terms of L by name, their sum ``loss``, and the reconstruction x_hat of the sample."""
+        q = self.posterior(x)
+        z = q.rsample()  # (B, d)
+        x_hat = self.decode(z)
+        terms = {"recon": self.recon_weight * reconstruction_error(x, x_hat).double().mean(),
+                 "kl": self.kl(q, z).double().mean()}
+        terms["loss"] = terms["recon"] + kl_weight * terms["kl"]
+        return terms, x_hat
+
+    # -- optimization ---------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.parameters())
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        terms, x_hat = self.loss_terms(batch["x"], self.kl_weight)
+        check_finite_loss(terms, self.batch_counter)
+        self._log("train", terms, x_hat, batch["x"])
+        self.log_dict({"train/kl_weight": self.kl_weight, "train/batch": float(self.batch_counter)})
+        self.batch_counter += 1
+        return terms["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        terms, x_hat = self.loss_terms(batch["x"])
+        self._log("val", terms, x_hat, batch["x"])
+
+    def _log(self, stage: str, terms: dict[str, Tensor], x_hat: Tensor, x: Tensor) -> None:
+        metrics = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
+        metrics[f"{stage}/mse"] = (x_hat - x).pow(2).mean().detach()  # per dimension
+        self.log_dict(metrics, batch_size=x.shape[0])
+        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=x.shape[0])
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["batch_counter"] = self.batch_counter
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.batch_counter = checkpoint.get("batch_counter", 0)
