@@ -1,10 +1,14 @@
-"""Shared helpers: compose the project's Hydra configs without a Hydra run directory."""
+"""Shared helpers: compose the project's Hydra configs without a Hydra run directory, run the entry points
+in-process, write a tiny MNIST."""
 
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 
+import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -50,3 +54,44 @@ def write_mnist_fixture(root: Path, make_digits, num_train: int, num_test: int, 
             header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
             (raw / f"{prefix}-{kind}-ubyte").write_bytes(header + array.numpy().tobytes())
     return root
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run a ``@hydra.main`` function as ``prog *argv``; returns (exit code, stdout, stderr)."""
+
+    def run(main, *argv: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["prog", *argv])
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        # Imported, train.main's module is "train", and Hydra would look for conf/ as a Python package; as
+        # "__main__" it finds conf/ next to the script, as on the command line.
+        monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
+        GlobalHydra.instance().clear()
+        extra = ""
+        try:
+            main()
+            code = 0
+        except SystemExit as ex:  # Hydra reports the error on stderr and exits 1
+            code = ex.code if isinstance(ex.code, int) else 1
+        except Exception as ex:  # under a tracer (coverage, debugger) Hydra re-raises instead
+            code, extra = 1, "".join(traceback.format_exception(ex))
+        finally:
+            GlobalHydra.instance().clear()
+        out, err = capsys.readouterr()
+        return code, out, err + extra
+
+    return run
+
+
+@pytest.fixture
+def fit_calls(monkeypatch) -> list[pl.LightningModule]:
+    """Record the model of every Trainer.fit, which then goes ahead."""
+    calls: list = []
+    original = pl.Trainer.fit
+
+    def spy(self, model, *args, **kwargs):
+        calls.append(model)
+        return original(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "fit", spy)
+    return calls

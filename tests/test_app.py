@@ -12,7 +12,6 @@ import json
 import math
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -20,62 +19,19 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import CONF_DIR, ROOT, compose_train
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import train
 from vaells.builders import build_datamodule, build_model
-from vaells.module import VAELLSModule
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 SYNTHETIC = ["concentric_circles", "swiss_roll"]
 NO_FIGURES = "~callbacks.latent_figures"
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run a ``@hydra.main`` function as ``prog *argv``; returns (exit code, stdout, stderr)."""
-
-    def run(main, *argv: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["prog", *argv])
-        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-        # Imported, train.main's module is "train", and Hydra would look for conf/ as a Python package; as
-        # "__main__" it finds conf/ next to the script, as on the command line.
-        monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
-        GlobalHydra.instance().clear()
-        extra = ""
-        try:
-            main()
-            code = 0
-        except SystemExit as ex:  # Hydra reports the error on stderr and exits 1
-            code = ex.code if isinstance(ex.code, int) else 1
-        except Exception as ex:  # under a tracer (coverage, debugger) Hydra re-raises instead
-            code, extra = 1, "".join(traceback.format_exception(ex))
-        finally:
-            GlobalHydra.instance().clear()
-        out, err = capsys.readouterr()
-        return code, out, err + extra
-
-    return run
-
-
 class _TrainingStarted(Exception):
     pass
-
-
-@pytest.fixture
-def fit_calls(monkeypatch) -> list[VAELLSModule]:
-    """Record the model of every Trainer.fit, which then goes ahead."""
-    calls: list = []
-    original = pl.Trainer.fit
-
-    def spy(self, model, *args, **kwargs):
-        calls.append(model)
-        return original(self, model, *args, **kwargs)
-
-    monkeypatch.setattr(pl.Trainer, "fit", spy)
-    return calls
 
 
 @pytest.fixture

@@ -14,11 +14,13 @@ import pytest
 import torch
 from conftest import ROOT, compose_train, write_mnist_fixture
 from matplotlib.figure import Figure
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from vaells.builders import build_datamodule, build_model
 from vaells.callbacks import LatentFigures, save_figures
 from vaells.data.mnist import MNIST_RAW_FILES, MNISTDataModule, RotatedMNISTDataModule, rotate
+from vaells.distributions import TransportPosterior
 from vaells.image_figures import build_image_figures, extrapolated_paths, operator_paths, posterior_ring
 from vaells.mnist_metrics import (
     cached_classifier,
@@ -32,7 +34,6 @@ from vaells.mnist_metrics import (
     spearman,
     train_classifier,
 )
-from vaells.distributions import TransportPosterior
 from vaells.transport import TransportOperator
 
 NUM_TRAIN_FILE, NUM_TEST_FILE = 120, 40  # 100 train / 20 val: 10 per class, enough for 8 anchors per class
@@ -65,8 +66,9 @@ def _train(*args: str, cwd: Path) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def cli_runs(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, str, Path]]:
-    """Three real ``python train.py`` runs at once (each pays ~10 s of imports): a fast_dev_run per experiment,
-    and rotated MNIST pointed at an empty data root."""
+    """Four real ``python train.py`` runs at once (each pays ~10 s of imports): a fast_dev_run of VAELLS per
+    experiment, one multirun with a fast_dev_run of every baseline on both experiments, and rotated MNIST pointed
+    at an empty data root."""
     base = tmp_path_factory.mktemp("runs")
     empty = tmp_path_factory.mktemp("no_mnist")
     common = ["data.download=false", "~callbacks.latent_figures"]
@@ -75,6 +77,11 @@ def cli_runs(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         out = base / experiment
         jobs[experiment] = (_train(f"experiment={experiment}", f"data.root={mnist_root}", *common,
                                    "trainer.fast_dev_run=true", f"hydra.run.dir={out}", cwd=base), out)
+    out = base / "baselines"
+    # ++: a multirun checks its overrides against the default data (the swiss roll) before it sweeps
+    jobs["baselines"] = (_train("-m", "experiment=rotated_mnist,natural_mnist", "model=vae,vampprior,svae",
+                                f"++data.root={mnist_root}", "++data.download=false", "~callbacks.latent_figures",
+                                "trainer.fast_dev_run=true", f"hydra.sweep.dir={out}", cwd=base), out)
     out = base / "missing"
     jobs["missing"] = (_train("experiment=rotated_mnist", f"data.root={empty}", *common, f"hydra.run.dir={out}",
                               cwd=base), empty)
@@ -119,6 +126,17 @@ def test_fast_dev_run(experiment: str, cli_runs) -> None:
     assert code == 0, err[-3000:]
     assert f"Run directory: {run_dir}" in out
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_every_baseline_fast_dev_runs_on_both_experiments(cli_runs) -> None:
+    code, out, err, sweep = cli_runs["baselines"]
+    assert code == 0, err[-3000:]
+    jobs = sorted(sweep.glob("[0-9]*"), key=lambda p: int(p.name))
+    assert len(jobs) == 6 and out.count("Run directory:") == 6
+    for job in jobs:  # each job's own config: the experiment's networks with the baseline's head
+        saved = OmegaConf.load(job / ".hydra" / "config.yaml")
+        assert saved.model.encoder._target_ == "vaells.networks.ConvEncoder"
+        assert saved.model.encoder.image_size == (32 if saved.data._target_.endswith("RotatedMNISTDataModule") else 28)
 
 
 def test_missing_data_names_the_path_and_data_root(cli_runs) -> None:
@@ -267,6 +285,19 @@ def test_mnist_metrics_on_an_untrained_natural_model(mnist_root: Path, tmp_path:
     assert set(metrics) == fractions | searches
     assert all(0.0 <= metrics[k] <= 1.0 for k in fractions)
     assert mnist_metrics(model, object()) == {}  # other data: nothing to add
+
+
+def test_mnist_metrics_of_a_baseline_through_the_interface(mnist_root: Path, tmp_path: Path) -> None:
+    cfg = compose_train(["experiment=natural_mnist", "model=vae", f"data.root={mnist_root}", "data.download=false"],
+                        tmp_path)
+    dm = build_datamodule(cfg)
+    metrics = mnist_metrics(build_model(cfg, dm), dm, num_digits=20, classifier_steps=60, num_samples=3)
+    assert set(metrics) == {"classifier_accuracy", "class_preservation", "class_preservation_ceiling",
+                            "class_preservation_matched", "matched_spread", "matched_variation"}
+    cfg = compose_train(["experiment=rotated_mnist", "model=svae", f"data.root={mnist_root}", "data.download=false"],
+                        tmp_path)
+    dm = build_datamodule(cfg)
+    assert mnist_metrics(build_model(cfg, dm), dm, num_digits=4) == {}  # rotation metrics follow operators
 
 
 # -- figures ---------------------------------------------------------------------------------------------

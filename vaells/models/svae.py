@@ -22,6 +22,17 @@ from torch.distributions import Distribution
 from vaells.models.base import VariationalModel
 
 
+class SphericalPowerSpherical(PowerSpherical):
+    """``PowerSpherical`` whose samples lie on the sphere to rounding. The package divides by norms plus 1e-7
+    (its S^(d-2) sample and its Householder axis), which leaves samples off the sphere by up to 1e-3 for d = 2
+    (measured: half of them by more than 1e-6 at kappa = 1); the samples are normalised once more here. The
+    density, the sampler's law and the registered KL to ``HypersphericalUniform`` are the package's."""
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        z = super().rsample(sample_shape)
+        return z / z.norm(dim=-1, keepdim=True)
+
+
 class HypersphericalVAE(VariationalModel):
     """The encoder outputs (direction, concentration), (B, d + 1): its output layer gains one output. The mean
     direction is the first d outputs normalised; kappa = softplus(last) + 1 (Davidson et al.'s shift, which keeps
@@ -58,7 +69,7 @@ class HypersphericalVAE(VariationalModel):
 
     def posterior(self, x: Tensor, spread: float = 1.0) -> Distribution:
         loc, kappa = self._direction_concentration(x)
-        return PowerSpherical(loc, kappa / spread**2)
+        return SphericalPowerSpherical(loc, kappa / spread**2)
 
     def prior(self) -> Distribution:
         return HypersphericalUniform(self.latent_dim, device=self.device, dtype=torch.float64)
