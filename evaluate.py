@@ -15,8 +15,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaells.builders import build_datamodule, build_model, load_run
-from vaells.callbacks import save_run_figures
-from vaells.evaluation import evaluate_model
+from vaells.evaluation.summary import evaluate_model
+from vaells.figures.callbacks import save_run_figures
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

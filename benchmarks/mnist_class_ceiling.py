@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vaells import mnist_metrics as mm
 from vaells.data.mnist import MNISTDataModule
+from vaells.evaluation import images as mm
 from vaells.networks import ConvDecoder, ConvEncoder
 from vaells.objectives import reconstruction_error
 

@@ -1,7 +1,7 @@
 """A TensorBoard scalar over training for several runs: one table, one figure, one JSON line.
 
 Shows when a run learns what it is meant to, or loses it: for rotated MNIST, ``val/rotation_order``
-(``vaells.monitors.OperatorMonitor``, 50 fixed validation digits at every validation), for any run the
+(``vaells.evaluation.monitors.OperatorMonitor``, 50 fixed validation digits at every validation), for any run the
 operators' ``val/psi_norm_m`` or ``val/psi_drift_m``.
 
     python benchmarks/training_traces.py RUN_DIR [RUN_DIR ...] --tag val/rotation_order --out trace.png

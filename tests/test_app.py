@@ -184,8 +184,6 @@ def test_last_checkpoint_is_the_final_epoch(tmp_path: Path, cli) -> None:
     ],
 )
 def test_evaluate_a_short_run(experiment, data_override, num_test, structure_keys, tmp_path: Path, cli) -> None:
-    pytest.importorskip("vaells.metrics", reason="vaells/metrics.py is not written yet")
-    pytest.importorskip("vaells.callbacks", reason="vaells/callbacks.py is not written yet")
     import evaluate
 
     run = tmp_path / "run"

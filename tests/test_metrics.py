@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaells.metrics import continuity, knn_accuracy, trustworthiness
+from vaells.evaluation.latent import continuity, knn_accuracy, trustworthiness
 
 
 @pytest.fixture

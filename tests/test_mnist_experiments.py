@@ -18,11 +18,9 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from vaells.builders import build_datamodule, build_model
-from vaells.callbacks import LatentFigures, save_figures
 from vaells.data.mnist import MNIST_RAW_FILES, MNISTDataModule, RotatedMNISTDataModule, rotate
 from vaells.distributions import TransportPosterior
-from vaells.image_figures import build_image_figures, extrapolated_paths, operator_paths, posterior_ring
-from vaells.mnist_metrics import (
+from vaells.evaluation.images import (
     cached_classifier,
     class_preservation,
     class_preservation_ceiling,
@@ -34,6 +32,8 @@ from vaells.mnist_metrics import (
     spearman,
     train_classifier,
 )
+from vaells.figures.callbacks import LatentFigures, save_figures
+from vaells.figures.images import build_image_figures, extrapolated_paths, operator_paths, posterior_ring
 from vaells.transport import TransportOperator
 
 NUM_TRAIN_FILE, NUM_TEST_FILE = 120, 40  # 100 train / 20 val: 10 per class, enough for 8 anchors per class
@@ -224,7 +224,7 @@ def test_coefficient_span_and_spearman() -> None:
 
 # -- class metrics ---------------------------------------------------------------------------------------
 def _split(root: Path) -> tuple[MNISTDataModule, Tensor, Tensor, Tensor, Tensor]:
-    from vaells.mnist_metrics import dataset_tensors
+    from vaells.evaluation.images import dataset_tensors
 
     dm = MNISTDataModule(root=str(root), download=False)
     dm.setup("fit")

@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from vaells.data.mnist import RotatedSmallDigitsDataModule, rotate
-from vaells.evaluation import operator_metrics
+from vaells.evaluation.images import match_spread, pearson
+from vaells.evaluation.monitors import OperatorMonitor
+from vaells.evaluation.summary import operator_metrics
 from vaells.inference import CoefficientSolver, infer_coefficients, infer_jointly
-from vaells.mnist_metrics import match_spread, pearson
-from vaells.monitors import OperatorMonitor
 from vaells.transport import DILATION, MIXED, ROTATION, SPIRAL, TransportOperator, operator_reading
 
 

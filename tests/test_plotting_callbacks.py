@@ -1,4 +1,4 @@
-"""Figures (vaells.plotting) and the LatentFigures callback, with a fake module that has VAELLSModule's API."""
+"""Figures (vaells.figures.plotting) and the LatentFigures callback, with a fake module that has VAELLSModule's API."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from vaells import plotting
-from vaells.callbacks import FIGURE_NAMES, LatentFigures, orbit_time_span, save_figures
 from vaells.distributions import sample_laplace
+from vaells.figures import plotting
+from vaells.figures.callbacks import FIGURE_NAMES, LatentFigures, orbit_time_span, save_figures
 from vaells.transport import TransportOperator
 
 matplotlib.use("Agg")  # TensorBoard's add_figure goes through pyplot; never open a window

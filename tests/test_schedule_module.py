@@ -10,8 +10,8 @@ import torch
 from conftest import compose_train
 
 from vaells.builders import build_datamodule, build_model
+from vaells.models.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
 from vaells.objectives import LossWeights
-from vaells.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
 
 BASE = LossWeights(recon=2.0, post_transport=3.0, post_l1=5.0, prior_transport=7.0, prior_l1=11.0, dictionary=13.0)
 

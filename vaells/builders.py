@@ -71,9 +71,34 @@ def build_model(cfg: DictConfig, dm: AnchoredDataModule) -> ModelBase:
     return model
 
 
+#: Where the ``_target_`` paths of runs saved before the package was grouped into models/, evaluation/ and
+#: figures/ live now (old prefix -> new prefix), so ``load_run`` reads their checkpoints.
+MOVED_TARGETS = {
+    "vaells.module.": "vaells.models.vaells.",
+    "vaells.schedule.": "vaells.models.schedule.",
+    "vaells.callbacks.": "vaells.figures.callbacks.",
+    "vaells.monitors.": "vaells.evaluation.monitors.",
+}
+
+
+def _moved(node: object) -> object:
+    """``node`` (a run config as containers) with every moved ``_target_`` rewritten."""
+    if isinstance(node, dict):
+        out = {k: _moved(v) for k, v in node.items()}
+        target = out.get("_target_")
+        if isinstance(target, str):
+            for old, new in MOVED_TARGETS.items():
+                if target.startswith(old):
+                    out["_target_"] = new + target.removeprefix(old)
+        return out
+    if isinstance(node, list):
+        return [_moved(v) for v in node]
+    return node
+
+
 def load_run(ckpt_path: str) -> tuple[DictConfig, dict]:
     """The checkpoint and the config of the run that wrote it (stored in the checkpoint by ``build_model``)."""
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     if "run_config" not in checkpoint:
         raise ValueError(f"{ckpt_path} holds no run config; was it written by this project's train.py?")
-    return OmegaConf.create(checkpoint["run_config"]), checkpoint
+    return OmegaConf.create(_moved(checkpoint["run_config"])), checkpoint

@@ -6,7 +6,7 @@ none, and get nothing from it):
 - ``val/psi_norm_m`` and ``val/psi_drift_m``: each operator's Frobenius norm and its relative distance from
   its random start (``TransportOperator.drift``), so a run whose operators never leave their
   initialisation shows it at once;
-- with rotated digits, ``val/rotation_order`` and ``val/rotation_match`` (``mnist_metrics.rotation_metrics``)
+- with rotated digits, ``val/rotation_order`` and ``val/rotation_match`` (``evaluation.images.rotation_metrics``)
   on a fixed, seeded subset of upright validation digits, so a user sees when the rotation is learned or
   lost, and a checkpoint can be chosen by it (``conf/experiment/rotated_mnist.yaml``).
 """
@@ -49,7 +49,7 @@ class OperatorMonitor(pl.Callback):
             out[f"val/psi_drift_{m}"] = float(drift)
         digits = self.validation_digits(dm)
         if digits is not None:
-            from vaells.mnist_metrics import rotation_metrics
+            from vaells.evaluation.images import rotation_metrics
 
             rot = rotation_metrics(pl_module, digits, seed=self.seed)
             out |= {"val/rotation_order": rot["rotation_order"], "val/rotation_match": rot["rotation_match"]}

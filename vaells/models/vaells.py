@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from vaells.distributions import AnchorPrior, TransportPosterior
 from vaells.inference import CoefficientSolver, InferenceResult, infer_jointly, restart_inits
 from vaells.models.base import ModelBase
+from vaells.models.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
 from vaells.objectives import LossWeights, check_finite_loss, reconstruction_error, vaells_loss
-from vaells.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
 from vaells.transport import TransportOperator
 
 PHASE_CODES = {WARMUP: 0, NET: 1, PSI: 2, JOINT: 3}
@@ -34,7 +34,7 @@ class VAELLSModule(ModelBase):
         optimizer: partial torch optimizer for the networks (the release: Adam, betas (0.5, 0.999)).
         psi_optimizer: partial torch optimizer for Psi (param group 0) and the anchors (group 1).
         psi_rule: the release's accept/reject step rule (use with SGD), or None for a plain optimizer.
-        schedule: warm-up and alternation (``vaells.schedule.Schedule``).
+        schedule: warm-up and alternation (``vaells.models.schedule.Schedule``).
         weights: the role-named loss weights; ``1 / weights.post_l1`` is the posterior Laplace scale b.
         latent_dim, num_operators: d and M, checked against the injected modules.
         latent_scale: s; encodings are divided by it before any transport operation (method notes 1).

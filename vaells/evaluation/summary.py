@@ -1,5 +1,5 @@
 """Test-split metrics of a trained model (what ``evaluate.py`` and ``train.py`` report), through the model
-interface (``vaells.models.base.LatentModel``) only. Figures are drawn separately (``vaells.callbacks``)."""
+interface (``vaells.models.base.LatentModel``) only. Figures are drawn separately (``vaells.figures.callbacks``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from vaells.data.base import AnchoredDataModule
-from vaells.metrics import continuity, knn_accuracy, trustworthiness
-from vaells.mnist_metrics import mnist_metrics
+from vaells.evaluation.images import mnist_metrics
+from vaells.evaluation.latent import continuity, knn_accuracy, trustworthiness
 from vaells.models.base import has_operators
 from vaells.transport import TransportOperator, operator_reading
 
@@ -51,7 +51,7 @@ def evaluate_model(
     """mse (per dimension, from a posterior sample), elbo (the negative training objective without regularisers
     of parameters; for VAELLS the release's "ELBO" metric), and the latent-structure metrics the data allows:
     knn_accuracy (k = 5, labelled data), trustworthiness and continuity (k = 10, against true coordinates);
-    the image metrics of ``vaells.mnist_metrics``; and for models with transport operators what they learned
+    the image metrics of ``vaells.evaluation.images``; and for models with transport operators what they learned
     (``operator_metrics``)."""
     model.eval()
     dm.setup("test")

@@ -18,7 +18,7 @@ decoded posterior samples that a small CNN, trained on the training split (``cla
 own test accuracy), assigns to the input's class. ``class_preservation_ceiling`` is the same fraction for the
 decoded posterior *mean* decode(encode(x)): samples cannot keep a class that the autoencoder already lost
 (with d = 6 it loses some), so, as for rotations, compare the two. ``mse`` and ``elbo`` come from
-``vaells.evaluation``.
+``vaells.evaluation.summary``.
 
 The class metrics use only the model interface (``vaells.models.base.LatentModel``: ``encode``, ``decode``,
 ``posterior_samples``), so every model of the project, and the fakes of the tests, can be scored; the rotation

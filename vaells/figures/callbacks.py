@@ -23,7 +23,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from vaells import plotting
+from vaells.figures import plotting
 
 #: The PNG names of ``LatentFigures.build_figures`` (``prior_decoded`` only for image data).
 FIGURE_NAMES = ("latent", "orbits", "prior_samples", "paths")
@@ -167,7 +167,7 @@ class LatentFigures(pl.Callback):
             figs = self.figures_for(pl_module, self.collect(dataloader))
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and len(getattr(dm, "input_shape", ())) == 3 and hasattr(pl_module, "transport"):
-            from vaells.image_figures import build_image_figures  # image data only (paper Fig. 5-7)
+            from vaells.figures.images import build_image_figures  # image data only (paper Fig. 5-7)
 
             figs |= build_image_figures(pl_module, dm, seed=self.seed, ring_spread=self.ring_spread,
                                         operator_path_range=self.operator_path_range)

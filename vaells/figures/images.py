@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
-from vaells.mnist_metrics import (
+from vaells.evaluation.images import (
     coefficient_span,
     decode_chunked,
     decoded_posterior_samples,
