@@ -16,8 +16,8 @@ on the same held-out test digits:
 
 Prints a table, then one JSON line. One CPU thread; ~6 min per variant for 5000 batches (pull ~12 min).
 
-    python benchmarks/mnist_class_ceiling.py --root ../shared/data --no-download
-    python benchmarks/mnist_class_ceiling.py --root ../shared/data --no-download --variants plain class_ce
+    python benchmarks/mnist_class_ceiling.py --root /path/to/mnist --no-download
+    python benchmarks/mnist_class_ceiling.py --root /path/to/mnist --no-download --variants plain class_ce
 """
 
 from __future__ import annotations

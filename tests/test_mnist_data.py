@@ -88,7 +88,7 @@ def test_missing_files_say_where_and_how_to_fix(tmp_path: Path, download: bool) 
     message = str(err.value)
     assert str(tmp_path / "MNIST" / "raw") in message
     assert all(name in message for name in MNIST_RAW_FILES)
-    assert "data.root" in message and "../shared/data" in message
+    assert "data.root" in message and "data.download=false" in message
     with pytest.raises(FileNotFoundError):
         dm.setup("fit")
 

@@ -83,7 +83,7 @@ def ensure_mnist(root: str | Path, *, download: bool) -> None:
     raise FileNotFoundError(
         f"MNIST not found: looked in {raw} (absolute: {raw.resolve()}) for {', '.join(MNIST_RAW_FILES)}; "
         f"missing: {', '.join(missing)}; {reason}. To fix it, set data.root=/path/to/dir containing "
-        "MNIST/raw, e.g. data.root=../shared/data for the offline development copy."
+        "MNIST/raw (e.g. an offline copy) with data.download=false, or allow the download."
     )
 
 
