@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from vaells.builders import build_datamodule, build_model
 from vaells.data.mnist import MNIST_RAW_FILES, MNISTDataModule, RotatedMNISTDataModule, rotate
 from vaells.distributions import TransportPosterior
+from vaells.evaluation.comparison import comparative_metrics, rotation_share_matched
 from vaells.evaluation.images import (
     cached_classifier,
     class_preservation,
@@ -200,6 +201,19 @@ def test_rotation_metrics_pass_for_a_rotation_and_fail_without_one(mnist_root: P
     assert bad["rotation_ceiling"] > 0.99  # the same perfect autoencoder ...
     assert bad["rotation_match"] < 0.8 * bad["rotation_ceiling"]  # ... but its operator does not rotate
     assert bad["rotation_order"] < 0.5
+
+
+def test_rotation_share_matched_of_a_rotating_model_and_of_an_untrained_baseline(mnist_root: Path,
+                                                                                  tmp_path: Path) -> None:
+    digits = _upright(mnist_root, 4)
+    good = rotation_share_matched(RotationOracle(digits, rotating=True), digits, target=0.01, num_samples=4)
+    assert good["rotation_share_matched"] > 0.8 and good["matched_variation"] == pytest.approx(0.01, rel=0.02)
+    cfg = compose_train(["experiment=rotated_mnist", "model=svae", f"data.root={mnist_root}", "data.download=false"],
+                        tmp_path)
+    dm = build_datamodule(cfg)
+    metrics = comparative_metrics(build_model(cfg, dm), dm, num_digits=6)
+    assert set(metrics) == {"rotation_share_matched", "matched_spread", "matched_variation"}
+    assert 0.0 <= metrics["rotation_share_matched"] <= 1.0
 
 
 def test_untrained_model_scores_low_on_rotation(mnist_root: Path, tmp_path: Path) -> None:

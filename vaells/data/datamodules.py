@@ -22,10 +22,16 @@ from vaells.data.synthetic import (
     DEFAULT_PROJECTION_SEED,
     SyntheticSet,
     concentric_circle_anchors,
+    concentric_circles_curve,
     make_concentric_circles,
     make_swiss_roll,
     swiss_roll_anchors,
+    swiss_roll_curve,
 )
+
+#: Points of the dense noiseless manifold that ``manifold_points`` returns by default: ~1e-3 apart in data
+#: space for both sets, below the data's noise (~4e-3 for the swiss roll, ~4e-2 for the circles).
+MANIFOLD_POINTS = 20000
 
 
 class DictDataset(Dataset):
@@ -130,6 +136,11 @@ class SwissRollDataModule(_InMemoryDataModule):
         self.num_classes = 1
         self.input_shape = (ambient_dim,)
 
+    def manifold_points(self, num_points: int = MANIFOLD_POINTS) -> Tensor:
+        """A dense sample of the noiseless roll in data space (N, D): the true manifold of the data."""
+        return swiss_roll_curve(num_points, ambient_dim=self.hparams.ambient_dim,
+                                projection_seed=self.hparams.projection_seed)
+
 
 def _check_anchor_count(anchors_per_class: int, train_per_class: int) -> None:
     """The synthetic anchors are generated on the manifold, but more of them than training samples in a
@@ -175,6 +186,11 @@ class ConcentricCirclesDataModule(_InMemoryDataModule):
         self.anchors_per_class = anchors_per_class
         self.num_classes = 2
         self.input_shape = (ambient_dim,)
+
+    def manifold_points(self, num_points: int = MANIFOLD_POINTS) -> Tensor:
+        """A dense sample of the noiseless circles in data space (N, D), half on each circle."""
+        return concentric_circles_curve(num_points // 2, ambient_dim=self.hparams.ambient_dim,
+                                        projection_seed=self.hparams.projection_seed)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -170,6 +170,28 @@ def concentric_circle_anchors(
     return _lift(coords, angles, labels, projection=projection, scale=1.0)
 
 
+def swiss_roll_curve(
+    num_points: int, *, ambient_dim: int = 20, projection_seed: int = DEFAULT_PROJECTION_SEED
+) -> Tensor:
+    """The noiseless swiss roll in data space: ``num_points`` points at evenly spaced t over its whole range,
+    lifted and scaled like the data.  -> (num_points, D) float32. The true manifold of ``make_swiss_roll``."""
+    coords, t = _roll_points(torch.linspace(0.0, 1.0, num_points, dtype=torch.float64))
+    projection = random_projection(ambient_dim, projection_seed=projection_seed)
+    return _lift(coords, t, torch.zeros(num_points), projection=projection, scale=SWISS_ROLL_SCALE).x
+
+
+def concentric_circles_curve(
+    num_points_per_class: int, *, ambient_dim: int = 20, projection_seed: int = DEFAULT_PROJECTION_SEED
+) -> Tensor:
+    """The noiseless circles in data space: ``num_points_per_class`` evenly spaced angles on each circle, lifted
+    like the data.  -> (K * num_points_per_class, D) float32, class-major."""
+    angles = (2.0 * math.pi / num_points_per_class) * torch.arange(num_points_per_class, dtype=torch.float64)
+    angles = angles.repeat(len(CIRCLE_RADII))
+    labels = torch.arange(len(CIRCLE_RADII)).repeat_interleave(num_points_per_class)
+    projection = random_projection(ambient_dim, projection_seed=projection_seed)
+    return _lift(_circle_points(angles, labels), angles, labels, projection=projection, scale=1.0).x
+
+
 def _check_anchors_per_class(anchors_per_class: int) -> None:
     if anchors_per_class < 1:
         raise ValueError(

@@ -375,7 +375,7 @@ def class_preservation_matched(
 
 
 # -- entry point ----------------------------------------------------------------------------------------
-def _pick(n_total: int, num: int, seed: int) -> Tensor:
+def seeded_pick(n_total: int, num: int, seed: int) -> Tensor:
     """``num`` distinct indices of ``n_total``, a fixed seeded draw."""
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[: min(num, n_total)]
 
@@ -409,14 +409,14 @@ def mnist_metrics(
     if isinstance(dm, RotatedMNISTDataModule):
         if not has_operators(model):
             return {}
-        pick = _pick(len(dm.test_set), num_digits or 100, seed)
+        pick = seeded_pick(len(dm.test_set), num_digits or 100, seed)
         digits = torch.stack([dm.test_set[int(i)]["digit"] for i in pick])  # upright, padded: (N, 1, 32, 32)
         return rotation_metrics(model, digits, seed=seed)
     x_train, y_train = dataset_tensors(dm.train_set)
     x_test, y_test = dataset_tensors(dm.test_set)
     clf = cached_classifier(x_train, y_train, steps=classifier_steps, seed=seed, cache_dir=cache_dir)
     accuracy = float((predict(clf, x_test) == y_test).float().mean())
-    pick = _pick(x_test.shape[0], num_digits or 1000, seed)
+    pick = seeded_pick(x_test.shape[0], num_digits or 1000, seed)
     x_pick, y_pick = x_test[pick], y_test[pick]
     preservation = class_preservation(model, clf, x_pick, y_pick, num_samples=num_samples, seed=seed)
     ceiling = class_preservation_ceiling(model, clf, x_pick, y_pick)

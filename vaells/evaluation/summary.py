@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vaells.data.base import AnchoredDataModule
+from vaells.evaluation.comparison import comparative_metrics
 from vaells.evaluation.images import mnist_metrics
 from vaells.evaluation.latent import continuity, knn_accuracy, trustworthiness
 from vaells.models.base import has_operators
@@ -51,8 +52,9 @@ def evaluate_model(
     """mse (per dimension, from a posterior sample), elbo (the negative training objective without regularisers
     of parameters; for VAELLS the release's "ELBO" metric), and the latent-structure metrics the data allows:
     knn_accuracy (k = 5, labelled data), trustworthiness and continuity (k = 10, against true coordinates);
-    the image metrics of ``vaells.evaluation.images``; and for models with transport operators what they learned
-    (``operator_metrics``)."""
+    the image metrics of ``vaells.evaluation.images``; the comparative metrics of
+    ``vaells.evaluation.comparison`` (the prior's fit to the manifold, the rotation share at matched
+    variation); and for models with transport operators what they learned (``operator_metrics``)."""
     model.eval()
     dm.setup("test")
     sq_err, elbo, n = 0.0, 0.0, 0
@@ -74,4 +76,5 @@ def evaluate_model(
         metrics["trustworthiness"] = trustworthiness(test["coords"], test["mu"], k=10)
         metrics["continuity"] = continuity(test["coords"], test["mu"], k=10)
     metrics |= mnist_metrics(model, dm, seed=0, cache_dir=classifier_cache, matched_variation=matched_variation)
+    metrics |= comparative_metrics(model, dm, matched_variation=matched_variation, seed=0)
     return metrics
