@@ -6,7 +6,6 @@ and the figures into this evaluation's own run directory, and prints a table.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import hydra
@@ -15,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaells.builders import build_datamodule, build_model, load_run
-from vaells.evaluation.summary import evaluate_model
+from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, write_metrics
 from vaells.figures.callbacks import save_run_figures
 
 
@@ -34,24 +33,12 @@ def main(cfg: DictConfig) -> None:
     figure_cfg = OmegaConf.to_container(figure_cfg, resolve=False) if figure_cfg is not None else {}
     figure_options = {k: v for k, v in figure_cfg.items() if k not in ("_target_", "output_dir", "every_n_epochs")}
     figure_options |= OmegaConf.to_container(cfg.figure_overrides)
-    metrics = evaluate_model(model, dm, classifier_cache=Path(__file__).resolve().parent / "data" / "classifiers",
-                             matched_variation=cfg.matched_variation)
+    metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation)
     save_run_figures(model, dm, out / "figures", figure_options)
     metrics["ckpt_path"] = str(cfg.ckpt_path)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    width = max(len(k) for k in metrics)
-    print("\n".join(f"{k:<{width}}  {_short(v)}" for k, v in metrics.items()))
-    print(f"\nWrote {out / 'metrics.json'}")
-
-
-def _short(value) -> str:
-    """A metric for the terminal: floats to 4 digits, lists element-wise, at most 4 entries per list."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        items = [_short(v) for v in value[:4]]
-        return "[" + ", ".join(items) + (", ...]" if len(value) > 4 else "]")
-    return str(value)
+    path = write_metrics(metrics, out)
+    print(format_metrics(metrics))
+    print(f"\nWrote {path}")
 
 
 if __name__ == "__main__":

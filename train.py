@@ -1,4 +1,5 @@
-"""Train VAELLS: ``python train.py [experiment=swiss_roll|concentric_circles|...] [key=value ...]``."""
+"""Train VAELLS or a baseline: ``python train.py [experiment=swiss_roll|...] [model=vaells|vae|...] [key=value ...]``,
+then score the final model on the test split into the run's ``metrics.json`` (``evaluate=false``: skip)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from vaells.builders import build_datamodule, build_model
+from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,13 @@ def main(cfg: DictConfig) -> None:
     log.info("fit took %.0f s (%.1f min), %d batches", elapsed, elapsed / 60, model.batch_counter)
     print(f"\nTraining took {elapsed:.0f} s ({elapsed / 60:.1f} min).\nRun directory: {out}\n"
           f"Evaluate with: python evaluate.py ckpt_path={out}/checkpoints/last.ckpt")
+    # The final model (last.ckpt) on the test split, as evaluate.py scores it (figures: LatentFigures at fit end);
+    # a fast_dev_run is a smoke test and is not scored.
+    if cfg.evaluate and not cfg.trainer.get("fast_dev_run"):
+        metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation)
+        path = write_metrics(metrics, out)
+        log.info("test metrics:\n%s", format_metrics(metrics))
+        print(f"Test metrics of the final model: {path}")
 
 
 if __name__ == "__main__":

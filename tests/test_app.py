@@ -167,8 +167,9 @@ def test_last_checkpoint_is_the_final_epoch(tmp_path: Path, cli) -> None:
     code, _, err = cli(train.main, "experiment=concentric_circles", "data.num_test_per_class=40",
                        "++trainer.max_epochs=3", "++trainer.check_val_every_n_epoch=2",
                        "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=1", NO_FIGURES,
-                       f"hydra.run.dir={run}")
+                       "evaluate=false", f"hydra.run.dir={run}")
     assert code == 0, err
+    assert not (run / "metrics.json").exists()  # evaluate=false: no test metrics
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 2  # epochs 0, 1 (validated), 2 (not validated)
     assert last["vaells"]["batch_counter"] == 3 * 3

@@ -3,6 +3,7 @@ interface (``vaells.models.base.LatentModel``) only. Figures are drawn separatel
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -14,6 +15,9 @@ from vaells.evaluation.images import mnist_metrics
 from vaells.evaluation.latent import continuity, knn_accuracy, trustworthiness
 from vaells.models.base import has_operators
 from vaells.transport import TransportOperator, operator_reading
+
+#: Where the image metrics' digit classifier is cached between evaluations (git-ignored data/ of the checkout).
+CLASSIFIER_CACHE = Path(__file__).resolve().parents[2] / "data" / "classifiers"
 
 
 def operator_metrics(transport: TransportOperator) -> dict[str, list]:
@@ -78,3 +82,26 @@ def evaluate_model(
     metrics |= mnist_metrics(model, dm, seed=0, cache_dir=classifier_cache, matched_variation=matched_variation)
     metrics |= comparative_metrics(model, dm, matched_variation=matched_variation, seed=0)
     return metrics
+
+
+def write_metrics(metrics: dict, directory: Path) -> Path:
+    """``metrics`` as ``<directory>/metrics.json`` (what ``python -m vaells.report`` reads); returns the path."""
+    path = Path(directory) / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2))
+    return path
+
+
+def format_metrics(metrics: dict) -> str:
+    """A table for the terminal, one metric a line."""
+    width = max(len(k) for k in metrics)
+    return "\n".join(f"{k:<{width}}  {_short(v)}" for k, v in metrics.items())
+
+
+def _short(value) -> str:
+    """A metric for the terminal: floats to 4 digits, lists element-wise, at most 4 entries per list."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        items = [_short(v) for v in value[:4]]
+        return "[" + ", ".join(items) + (", ...]" if len(value) > 4 else "]")
+    return str(value)
