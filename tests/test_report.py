@@ -1,0 +1,49 @@
+"""``python -m vaells.report`` on a small fake multirun folder: the table it writes, and the side-by-side figure."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from vaells.report import main
+
+JOBS = {
+    "0": (["experiment=concentric_circles", "model=vaells"], {"mse": 0.07, "knn_accuracy": 1.0,
+                                                               "operator_norm": [0.1, 3.4], "ckpt_path": "x"}),
+    "1": (["experiment=concentric_circles", "model=vae"], {"mse": 0.29, "knn_accuracy": 0.5, "elbo": -1.5}),
+    "2": (["experiment=concentric_circles", "model=svae"], {"mse": 0.2, "knn_accuracy": 0.75}),
+}
+
+
+def _fake_multirun(root: Path) -> Path:
+    for job, (overrides, metrics) in JOBS.items():
+        run = root / job
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        if job != "2":  # one run without figures: its panel is left out
+            fig = Figure(figsize=(2, 2))
+            fig.add_subplot().scatter(np.arange(5), np.arange(5))
+            (run / "figures").mkdir()
+            fig.savefig(run / "figures" / "latent.png")
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+def test_report_tabulates_the_runs_with_the_swept_values_first(tmp_path: Path, capsys) -> None:
+    root = _fake_multirun(tmp_path / "multirun")
+    main([str(root)])
+    with open(root / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["model", "mse", "knn_accuracy", "elbo", "run"]  # experiment did not vary
+    assert [r["model"] for r in rows] == ["vaells", "vae", "svae"] and [r["run"] for r in rows] == ["0", "1", "2"]
+    assert [float(r["mse"]) for r in rows] == [0.07, 0.29, 0.2] and rows[0]["elbo"] == ""
+    markdown = (root / "report.md").read_text().splitlines()
+    assert "| model | mse | knn_accuracy | elbo | run |" in markdown
+    assert "| vae | 0.29 | 0.5 | -1.5 | 1 |" in markdown
+    assert (root / "comparison.png").stat().st_size > 0
+    assert "report.md" in capsys.readouterr().out

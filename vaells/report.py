@@ -1,0 +1,125 @@
+"""Aggregate the runs of a folder: ``python -m vaells.report MULTIRUN_DIR``.
+
+Every run below the folder that wrote a ``metrics.json`` (``train.py`` does, for each job of a multirun; so does
+``evaluate.py``) becomes a row: first the values that differ between the runs' command-line overrides (what the
+sweep varied, e.g. ``model``), then every scalar metric, then the run's folder. Written into the folder:
+``report.csv``, ``report.md`` and, when the runs drew their latent figure, ``comparison.png`` with one latent
+panel per run, side by side (the paper's Fig. 2 and 4).
+
+    python train.py -m experiment=concentric_circles model=vaells,vae,vampprior,svae
+    python -m vaells.report multirun/train/<date_time>
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+#: Metric entries that are not a score of the model.
+SKIPPED = ("ckpt_path",)
+
+
+def find_runs(root: Path) -> list[Path]:
+    """The folders below ``root`` (or ``root`` itself) that hold a ``metrics.json``, in job order."""
+    runs = [p.parent for p in root.rglob("metrics.json")]
+
+    def order(run: Path) -> tuple:
+        parts = run.relative_to(root).parts
+        return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+
+    return sorted(runs, key=order)
+
+
+def overrides(run: Path) -> dict[str, str]:
+    """The run's command-line overrides (``.hydra/overrides.yaml``) as {key: value}; {} without them."""
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    items = OmegaConf.to_container(OmegaConf.load(path)) or []
+    return dict(str(item).lstrip("+~").split("=", 1) for item in items if "=" in str(item))
+
+
+def scalar_metrics(run: Path) -> dict[str, float | int | str]:
+    """The run's numbers, strings and booleans (lists such as per-operator readings are left out)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str) and k not in SKIPPED}
+
+
+def build_table(root: Path) -> tuple[list[str], list[str], list[dict]]:
+    """The swept columns, the metric columns and the rows (one per run, with its folder as ``run``) for the
+    runs below ``root``."""
+    runs = find_runs(root)
+    if not runs:
+        raise FileNotFoundError(f"no metrics.json below {root}: train with evaluate=true, or run evaluate.py")
+    swept_values = [overrides(run) for run in runs]
+    keys = list(dict.fromkeys(k for values in swept_values for k in values))
+    swept = [k for k in keys if len({values.get(k) for values in swept_values}) > 1] if len(runs) > 1 else keys
+    metrics = [scalar_metrics(run) for run in runs]
+    metric_keys = list(dict.fromkeys(k for m in metrics for k in m))
+    rows = []
+    for run, values, m in zip(runs, swept_values, metrics, strict=True):
+        rows.append({**{k: values.get(k, "") for k in swept}, **{k: m.get(k, "") for k in metric_keys},
+                     "run": str(run.relative_to(root)) or "."})
+    return swept, metric_keys, rows
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def write_report(root: Path) -> list[Path]:
+    """Write ``report.csv``, ``report.md`` and (where the runs have ``figures/latent.png``) ``comparison.png``
+    into ``root``; returns the paths written."""
+    swept, metric_keys, rows = build_table(root)
+    columns = [*swept, *metric_keys, "run"]
+    with open(root / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+    (root / "report.md").write_text(f"# Runs below {root}\n\n" + "\n".join(lines) + "\n")
+    written = [root / "report.csv", root / "report.md"]
+    figure = _comparison_figure(root, swept, rows)
+    if figure is not None:
+        written.append(figure)
+    return written
+
+
+def _comparison_figure(root: Path, swept: list[str], rows: list[dict]) -> Path | None:
+    """Each run's latent figure side by side, titled by its swept values."""
+    panels = [(row, root / row["run"] / "figures" / "latent.png") for row in rows]
+    panels = [(row, path) for row, path in panels if path.is_file()]
+    if not panels:
+        return None
+    import matplotlib.image as mpimg  # matplotlib only when there is something to draw
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4 * len(panels), 4.4), layout="constrained")
+    for i, (row, path) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.imshow(mpimg.imread(path))
+        ax.set_axis_off()
+        ax.set_title(", ".join(f"{c}={row[c]}" for c in swept) or row["run"], fontsize="small")
+    out = root / "comparison.png"
+    fig.savefig(out, dpi=120)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vaells.report", description=__doc__.split("\n")[0])
+    parser.add_argument("folder", type=Path, help="a multirun folder (or any folder of runs with metrics.json)")
+    args = parser.parse_args(argv)
+    for path in write_report(args.folder):
+        print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
