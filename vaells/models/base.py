@@ -84,8 +84,8 @@ class VariationalModel(ModelBase):
     is in closed form where ``torch.distributions`` registers one, else the one-sample estimate
     log q(z_b | x_b) - log p(z_b).
 
-    Subclasses give ``posterior(x, spread)`` and ``prior()`` (torch Distributions with event shape (d,)) and
-    ``encode``; the encoder's output layer gains ``head_outputs`` outputs for the posterior's spread.
+    Subclasses give ``posterior(x, spread)`` and ``prior()`` (torch Distributions with event shape (d,)),
+    ``encode``, and ``head_outputs(d)``: the outputs the encoder's output layer gains for the posterior's spread.
 
     Args:
         encoder, decoder: the experiment's networks (``vaells.networks``), the encoder with d outputs.
@@ -93,7 +93,6 @@ class VariationalModel(ModelBase):
         recon_weight: zeta_1 = 1 / sigma_x^2, the decoder likelihood (VAELLS's ``weights.recon``).
         optimizer: partial torch optimizer, given all parameters.
         kl_warmup_steps: training batches over which beta ramps from 0 to 1; 0: beta = 1 throughout.
-        head_outputs: outputs the posterior's spread needs (set by the subclass).
     """
 
     def __init__(
@@ -104,8 +103,6 @@ class VariationalModel(ModelBase):
         recon_weight: float,
         optimizer: Callable[..., torch.optim.Optimizer],
         kl_warmup_steps: int = 0,
-        *,
-        head_outputs: int,
     ) -> None:
         super().__init__()
         if latent_dim < 1 or not recon_weight > 0 or kl_warmup_steps < 0:
@@ -115,12 +112,16 @@ class VariationalModel(ModelBase):
             raise ValueError(f"the encoder has latent_dim={encoder.latent_dim} but the model {latent_dim}")
         if not hasattr(encoder, "widen_output"):
             raise TypeError(f"{type(encoder).__name__} needs a widen_output(extra) method for the posterior's head")
-        encoder.widen_output(head_outputs)
+        encoder.widen_output(self.head_outputs(latent_dim))
         self.encoder, self.decoder = encoder, decoder
         self.latent_dim, self.recon_weight, self.kl_warmup_steps = latent_dim, recon_weight, kl_warmup_steps
         self.optimizer_factory = optimizer
 
     # -- the model: subclasses ------------------------------------------------------------------------
+    def head_outputs(self, latent_dim: int) -> int:
+        """How many outputs the encoder's output layer gains for the posterior's spread."""
+        raise NotImplementedError
+
     def posterior(self, x: Tensor, spread: float = 1.0) -> Distribution:
         """q(z | x), batch shape (B,), event shape (d,), with its spread multiplied by ``spread``."""
         raise NotImplementedError

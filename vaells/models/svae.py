@@ -11,12 +11,10 @@ Its KL to the uniform prior is in closed form (registered by the package).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from power_spherical import HypersphericalUniform, PowerSpherical
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution
 
 from vaells.models.base import VariationalModel
@@ -43,18 +41,10 @@ class HypersphericalVAE(VariationalModel):
     log-density loses its leading digits to cancellation. Args: see ``VariationalModel`` (d >= 2).
     """
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        latent_dim: int,
-        recon_weight: float,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        kl_warmup_steps: int = 0,
-    ) -> None:
+    def head_outputs(self, latent_dim: int) -> int:
         if latent_dim < 2:
             raise ValueError(f"the hyperspherical VAE needs latent_dim >= 2 (S^(d-1)), got {latent_dim}")
-        super().__init__(encoder, decoder, latent_dim, recon_weight, optimizer, kl_warmup_steps, head_outputs=1)
+        return 1  # kappa
 
     def _direction_concentration(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.encoder(x).double()  # (B, d + 1)

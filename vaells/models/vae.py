@@ -3,10 +3,8 @@ N(0, I), trained as ``vaells.models.base.VariationalModel``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from vaells.models.base import VariationalModel
@@ -18,17 +16,8 @@ class GaussianVAE(VariationalModel):
     ``spread`` multiplies sigma. The KL to N(0, I) is in closed form. Args: see ``VariationalModel``.
     """
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        latent_dim: int,
-        recon_weight: float,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        kl_warmup_steps: int = 0,
-    ) -> None:
-        super().__init__(encoder, decoder, latent_dim, recon_weight, optimizer, kl_warmup_steps,
-                         head_outputs=latent_dim)
+    def head_outputs(self, latent_dim: int) -> int:
+        return latent_dim  # log sigma^2
 
     def _moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, log_var = self.encoder(x).split(self.latent_dim, dim=-1)  # (B, d) each
