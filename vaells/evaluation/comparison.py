@@ -72,7 +72,8 @@ def rotation_share(centre: Tensor, samples: Tensor, angles: Sequence[float] = SH
     s = samples.flatten(2).double()  # (N, S, P)
     residual = torch.cdist(s, turned).pow(2).amin(-1)  # (N, S): the best angle per sample
     change = (s - centre.flatten(1).double().unsqueeze(1)).pow(2).sum(-1)  # (N, S)
-    return 1.0 - residual / change
+    # theta = 0 leaves c as it is, so its residual is the change itself: exactly, not to cdist's rounding
+    return 1.0 - torch.minimum(residual, change) / change
 
 
 def rotation_share_matched(model: nn.Module, digits: Tensor, *, target: float, num_samples: int = 10,
