@@ -107,7 +107,9 @@ def _built(experiment: str, root: Path, tmp_path: Path):
 def test_experiment_composes_and_builds(experiment, d, m, n_a, size, dm_class, mnist_root, tmp_path) -> None:
     cfg, dm, model = _built(experiment, mnist_root, tmp_path)
     assert (cfg.model.latent_dim, cfg.model.num_operators, cfg.data.anchors_per_class) == (d, m, n_a)
-    assert cfg.model.latent_scale == 10.0 and cfg.model.weights.recon == 1.0 and cfg.model.closest_anchor
+    assert cfg.model.latent_scale == 10.0 and cfg.model.weights.recon == 1.0
+    # natural MNIST: the closest class anchor; rotated MNIST: all of a digit's rotated copies in the mixture
+    assert cfg.model.closest_anchor == (experiment == "natural_mnist")
     schedule = cfg.model.schedule
     assert schedule.alternate and (schedule.net_steps, schedule.psi_steps) == (20, 60)
     assert schedule.net_prior_scale == schedule.psi_recon_scale == 1e-4
@@ -339,7 +341,7 @@ def test_ring_spread_reaches_the_posterior_ring(mnist_root: Path, tmp_path: Path
     _, dm, model = _built("natural_mnist", mnist_root, tmp_path)
     overrides = ["experiment=natural_mnist", f"data.root={mnist_root}", "data.download=false"]
     cfg = compose_train(overrides, tmp_path, latent_figures=True)
-    assert cfg.callbacks.latent_figures.ring_spread == 3.0  # the experiment's own choice
+    assert cfg.callbacks.latent_figures.ring_spread == 1.0  # the experiment's own choice
     figs = build_image_figures(model, dm, num_digits=2, ring_spread=2.5, operator_path_range=7.0)
     assert "b = 2.5" in figs["posterior_ring"].get_suptitle()
     row_labels = [t.get_text() for t in figs["operator_paths"].axes[0].get_yticklabels()]
