@@ -107,9 +107,7 @@ def _built(experiment: str, root: Path, tmp_path: Path):
 def test_experiment_composes_and_builds(experiment, d, m, n_a, size, dm_class, mnist_root, tmp_path) -> None:
     cfg, dm, model = _built(experiment, mnist_root, tmp_path)
     assert (cfg.model.latent_dim, cfg.model.num_operators, cfg.data.anchors_per_class) == (d, m, n_a)
-    assert cfg.model.latent_scale == 10.0 and cfg.model.weights.recon == 1.0
-    # natural MNIST: the closest class anchor; rotated MNIST: all of a digit's rotated copies in the mixture
-    assert cfg.model.closest_anchor == (experiment == "natural_mnist")
+    assert cfg.model.latent_scale == 10.0 and cfg.model.weights.recon == 1.0 and cfg.model.closest_anchor
     schedule = cfg.model.schedule
     assert schedule.alternate and (schedule.net_steps, schedule.psi_steps) == (20, 60)
     assert schedule.net_prior_scale == schedule.psi_recon_scale == 1e-4
