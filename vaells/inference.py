@@ -408,6 +408,12 @@ class CoefficientSolver:
     The posterior (mu -> z) and prior (anchor -> z) use different solvers: the release infers the
     posterior with lambda_post = 1e-6 and one start in U(0, 1), and the prior with its own lambda_prior
     and R restarts (method notes 1.3).
+
+    ``max_coeff`` bounds every coefficient, |c_m| <= max_coeff (None: unbounded). With M > d the residual can
+    be driven to zero along a whole family of coefficients, and operators near their small initialisation
+    reach any target with |c| of 50-140; the prior's residual, Psi's only gradient from the prior (c_hat is a
+    constant), then vanishes and the operators never grow. A bound keeps the residual until Psi has grown
+    enough for plausible coefficients to reach the anchors (README, "What the operators learn").
     """
 
     def __init__(
@@ -446,4 +452,5 @@ class CoefficientSolver:
         )
 
     def __repr__(self) -> str:
-        return f"CoefficientSolver(l1_weight={self.l1_weight}, restarts={self.restarts}, max_iter={self.max_iter})"
+        return (f"CoefficientSolver(l1_weight={self.l1_weight}, restarts={self.restarts}, max_iter={self.max_iter}, "
+                f"max_coeff={self.max_coeff})")
