@@ -1,6 +1,6 @@
 """Benchmark: batched coefficient inference (vaells.inference) against the authors' way (vaells.reference).
 
-Builds realistic problems at the paper's four settings (method notes 6): operators that look learned
+Builds realistic problems at the paper's four settings (docs/method.md §6): operators that look learned
 (rotation- and spiral-like generators plus noise, at the scale of the release's logs), anchors and encodings
 in the latent space (on one orbit where the paper's anchors are: circles, swiss roll, rotated digits), and
 targets made from planted sparse coefficients plus small noise. Each setting holds
@@ -40,7 +40,7 @@ class Setting:
     anchors: int
     restarts: tuple[tuple[float, float], ...]
     l1_prior: float
-    operator_scale: float  # magnitude of the learned generators (method notes 6, "sanity checks")
+    operator_scale: float  # magnitude of the learned generators (docs/method.md §6, "sanity checks")
     prior_coeff_scale: float  # Laplace scale of the planted anchor -> sample coefficients
     anchors_on_orbit: bool  # class anchors are transports of one another (same circle / spiral / digit)
 

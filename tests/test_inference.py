@@ -93,7 +93,7 @@ def _compare_with_reference(psi, z0, z1, c_init, l1_weight):
 
 
 def _planted_set(seed: int, d: int, m: int, p: int, scale: float):
-    """Random operators at the scale of learned ones (|Psi| ~ 0.05, method notes 6), random starts points,
+    """Random operators at the scale of learned ones (|Psi| ~ 0.05, docs/method.md §6), random starts points,
     targets from planted Laplace(0, 3) coefficients plus small noise: the kind of pair training infers."""
     g = _gen(seed)
     psi = scale * torch.randn(m, d, d, dtype=F64, generator=g)

@@ -1,4 +1,4 @@
-"""The Laplace coefficient prior: inverse-CDF sampling l(u; b) and the log-density (method notes 1.1)."""
+"""The Laplace coefficient prior: inverse-CDF sampling l(u; b) and the log-density (docs/method.md §1.1)."""
 
 from __future__ import annotations
 

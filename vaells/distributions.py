@@ -1,6 +1,6 @@
 """Distributions of VAELLS: Laplace coefficients, the transport posterior q(z|x) and the anchor prior p(z).
 
-Pure torch (paper eq. 5-8, method notes 1.1-1.4). This is the one home of the Laplace and Gaussian
+Pure torch (paper eq. 5-8, docs/method.md §1.1-1.4). This is the one home of the Laplace and Gaussian
 log-densities used anywhere in the project.
 """
 
@@ -69,7 +69,7 @@ class TransportPosterior(Distribution):
     Args:
         mu: (B, d) encodings f_phi(x) / s, in the transport dtype.
         transport: the operator dictionary.
-        coeff_scale: b, the Laplace scale of the sampled coefficients (b = 1 / post_l1; method notes 1.1).
+        coeff_scale: b, the Laplace scale of the sampled coefficients (b = 1 / post_l1; docs/method.md §1.1).
         noise_std: sigma_eps (``to_noise_std`` in the release).
         solver: MAP inference for ``log_prob`` (eq. 7), lambda_post = 1e-6 in the release.
 
@@ -135,7 +135,7 @@ class TransportPosterior(Distribution):
 class AnchorPrior(Distribution):
     """p(z) of eq. 8: (1/N_a) sum_i q(z | a_i), a mixture of transport posteriors around encoded anchors.
 
-    The prior is class-conditional (method notes 1.4): each sample gets the N_a anchors of its own class,
+    The prior is class-conditional (docs/method.md §1.4): each sample gets the N_a anchors of its own class,
     or its own per-sample anchors (rotated MNIST), so it is built per batch from ``anchors`` (B, N_a, d).
     Each component is approximated at its inferred coefficients c_hat_i(a_i -> z), as in eq. 7.
 
@@ -144,7 +144,7 @@ class AnchorPrior(Distribution):
         coeff_scale, noise_std: b and sigma_eps of the components.
         solver: MAP inference anchor -> z (lambda_prior and R restarts).
         closest_anchor: keep only the anchor whose inference energy is lowest (``closest_anchor_flag``),
-            so the mixture has one component (method notes 1.4).
+            so the mixture has one component (docs/method.md §1.4).
     """
 
     arg_constraints: dict = {}

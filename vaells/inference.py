@@ -1,4 +1,4 @@
-"""Batched MAP inference of transport-operator coefficients (paper sec. 2.3, eq. 7; method notes 1.3).
+"""Batched MAP inference of transport-operator coefficients (paper sec. 2.3, eq. 7; docs/method.md §1.3).
 
 For P pairs (z0, z1) we solve, all at once,
 
@@ -36,7 +36,7 @@ from torch import Tensor
 
 from vaells.transport import check_finite, expm, expm_frechet_apply, generator_matrix
 
-#: The release's prior restarts: restart r draws c0 ~ U[-2.5 + 2.5 r, 2.5 r] (method notes 1.3).
+#: The release's prior restarts: restart r draws c0 ~ U[-2.5 + 2.5 r, 2.5 r] (docs/method.md §1.3).
 DEFAULT_RESTARTS: tuple[tuple[float, float], ...] = ((-2.5, 0.0), (0.0, 2.5))
 
 
@@ -407,7 +407,7 @@ class CoefficientSolver:
 
     The posterior (mu -> z) and prior (anchor -> z) use different solvers: the release infers the
     posterior with lambda_post = 1e-6 and one start in U(0, 1), and the prior with its own lambda_prior
-    and R restarts (method notes 1.3).
+    and R restarts (docs/method.md §1.3).
 
     ``max_coeff`` bounds every coefficient, |c_m| <= max_coeff (None: unbounded). With M > d the residual can
     be driven to zero along a whole family of coefficients, and operators near their small initialisation

@@ -1,4 +1,4 @@
-"""Encoders f_φ and decoders g_θ as in the authors' release (method notes §5): plain ``nn.Module``s.
+"""Encoders f_φ and decoders g_θ as in the authors' release (docs/method.md §5): plain ``nn.Module``s.
 
 The encoders are deterministic: VAELLS' posterior q(z|x) is built around the encoder's point estimate
 μ = f_φ(x) by transport operators, so there is no variance head. There is no batch-norm either. A baseline
@@ -20,7 +20,7 @@ def init_conv_weights(module: nn.Module, std: float = CONV_INIT_STD) -> None:
 
     Linear layers keep PyTorch's default init on purpose: the release's init function matched layer
     class names case-sensitively and never caught its Linear layers, so the published results were
-    trained with PyTorch's default there (method notes, "Initialisation").
+    trained with PyTorch's default there (docs/method.md §5).
     """
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):

@@ -1,4 +1,4 @@
-"""The VAELLS training objective (paper eq. 9) as the authors' release trains it (method notes 1.4).
+"""The VAELLS training objective (paper eq. 9) as the authors' release trains it (docs/method.md §1.4).
 
     L = recon           * mean_b 1/2 ||x_b - g(s z_b)||^2
       - post_transport  * mean_b 1/2 ||z_b - T(c_hat_b) mu_b||^2
@@ -28,7 +28,7 @@ class LossWeights:
         recon: zeta_1, the reconstruction weight (1 / sigma_x^2 in the probabilistic reading).
         post_transport: zeta_2, the posterior transport term, part of -E_q[log q] (the "entropy").
         post_l1: zeta_3, the posterior coefficient L1 term; 1 / post_l1 is also the Laplace scale b that
-            the posterior samples with (method notes 1.1).
+            the posterior samples with (docs/method.md §1.1).
         prior_transport: zeta_4, the transport residual inside the anchor prior.
         prior_l1: zeta_5, the coefficient L1 term inside the anchor prior.
         dictionary: gamma (eta in eq. 9), the Frobenius regulariser on Psi.

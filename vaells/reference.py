@@ -1,7 +1,7 @@
 """Coefficient inference written the authors' way: scipy CG, one pair and one restart at a time.
 
 This is the test oracle and the benchmark baseline for ``vaells.inference``; training never uses it.
-It mirrors the release (method notes 1.3): ``scipy.optimize.minimize(method="CG")`` with at most 50
+It mirrors the release (docs/method.md §1.3): ``scipy.optimize.minimize(method="CG")`` with at most 50
 iterations, the energy 1/2 ||z1 - expm(A) z0||^2 + lambda ||c||_1, and an exact gradient of the smooth
 part from ``scipy.linalg.expm_frechet`` plus lambda * sign(c) for the L1 term. The release passes
 ``tol=10^-7`` (Python's XOR, i.e. -13), so CG never stops on the gradient norm: we set ``gtol=0`` for the

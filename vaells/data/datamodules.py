@@ -98,7 +98,7 @@ def _synthetic_dataset(data: SyntheticSet) -> DictDataset:
 
 
 class SwissRollDataModule(_InMemoryDataModule):
-    """The 2-D swiss roll in R^20 (method notes §4): one class, N_a anchors spread along t.
+    """The 2-D swiss roll in R^20 (docs/method.md §4): one class, N_a anchors spread along t.
 
     The ``SyntheticSet`` of each split stays available as ``train_data``/``val_data``/``test_data`` (with
     the roll parameter ``t``) for latent-structure metrics and figures.
@@ -153,7 +153,7 @@ def _check_anchor_count(anchors_per_class: int, train_per_class: int) -> None:
 
 
 class ConcentricCirclesDataModule(_InMemoryDataModule):
-    """Two concentric circles (radii 0.5 and 1) in R^20 (method notes §4), N_a evenly spaced anchors each."""
+    """Two concentric circles (radii 0.5 and 1) in R^20 (docs/method.md §4), N_a evenly spaced anchors each."""
 
     def __init__(
         self,

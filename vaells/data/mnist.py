@@ -1,4 +1,4 @@
-"""Natural MNIST and rotated MNIST as set up in the authors' release (method notes §4).
+"""Natural MNIST and rotated MNIST as set up in the authors' release (docs/method.md §4).
 
 Splits follow the release: the first 5/6 of the training file is the train split, the last 1/6 the
 validation split (50k / 10k on full MNIST; ``round(n / 6)`` images of a smaller file), and the test split

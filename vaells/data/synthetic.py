@@ -1,4 +1,4 @@
-"""Synthetic manifolds as generated in the authors' release (method notes §4).
+"""Synthetic manifolds as generated in the authors' release (docs/method.md §4).
 
 Both data sets are 2-D curves lifted to ``ambient_dim`` (20) dimensions by a random *linear* map with
 entries U(-1, 1). The release's file is called "nonLinear", but the map is linear; we keep it so results

@@ -15,7 +15,7 @@ WARMUP, NET, PSI, JOINT = "warmup", "net", "psi", "joint"
 
 @dataclass
 class Schedule:
-    """Which phase a batch belongs to, and the loss weights of that phase (method notes 2).
+    """Which phase a batch belongs to, and the loss weights of that phase (docs/method.md §2).
 
     Attributes:
         warmup_steps: T_w autoencoder-only batches (tiny Laplace scale, no latent noise, recon loss only).
@@ -64,7 +64,7 @@ class Schedule:
 
 @dataclass
 class AcceptRejectRule:
-    """The release's adaptive step on Psi (method notes 2): plain gradient descent with step ``lr``; the
+    """The release's adaptive step on Psi (docs/method.md §2): plain gradient descent with step ``lr``; the
     step is kept only if the operator loss (same c_hat, new Psi) does not increase.
 
     Accepted steps grow ``lr`` by 1/shrink while ``lr < max_lr`` during the first ``decay_after`` batches

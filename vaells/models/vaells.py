@@ -1,4 +1,4 @@
-"""VAELLSModule: the optimization choreography of Algorithm 1 (method notes 2), and nothing else.
+"""VAELLSModule: the optimization choreography of Algorithm 1 (docs/method.md §2), and nothing else.
 
 Networks, the transport operator, the coefficient solvers, the loss weights, the phase schedule and the Psi
 update rule are all injected (Hydra builds them from ``conf/model``). The math lives in ``distributions``,
@@ -37,7 +37,7 @@ class VAELLSModule(ModelBase):
         schedule: warm-up and alternation (``vaells.models.schedule.Schedule``).
         weights: the role-named loss weights; ``1 / weights.post_l1`` is the posterior Laplace scale b.
         latent_dim, num_operators: d and M, checked against the injected modules.
-        latent_scale: s; encodings are divided by it before any transport operation (method notes 1).
+        latent_scale: s; encodings are divided by it before any transport operation (docs/method.md §1).
         noise_std: sigma_eps, the posterior's latent noise.
         closest_anchor: use only the lowest-energy anchor in the prior.
         warmup_coeff_scale: Laplace scale during warm-up (the release: 0.01, with no latent noise).
@@ -111,7 +111,7 @@ class VAELLSModule(ModelBase):
     # -- the model -----------------------------------------------------------------------------------
     @property
     def coeff_scale(self) -> float:
-        """b, the posterior's Laplace scale: 1 / post_l1 (method notes 1.1)."""
+        """b, the posterior's Laplace scale: 1 / post_l1 (docs/method.md §1.1)."""
         return 1.0 / self.weights.post_l1
 
     def encode(self, x: Tensor) -> Tensor:
