@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vaells.builders import build_datamodule, build_model, load_run
 from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, write_metrics
 from vaells.figures.callbacks import save_run_figures
+from vaells.figures.images import save_matched_ring
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -35,6 +36,7 @@ def main(cfg: DictConfig) -> None:
     figure_options |= OmegaConf.to_container(cfg.figure_overrides)
     metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation)
     save_run_figures(model, dm, out / "figures", figure_options)
+    save_matched_ring(model, dm, metrics, out / "figures")
     metrics["ckpt_path"] = str(cfg.ckpt_path)
     path = write_metrics(metrics, out)
     print(format_metrics(metrics))

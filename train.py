@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 
 from vaells.builders import build_datamodule, build_model
 from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, write_metrics
+from vaells.figures.images import save_matched_ring
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ def main(cfg: DictConfig) -> None:
     # a fast_dev_run is a smoke test and is not scored.
     if cfg.evaluate and not cfg.trainer.get("fast_dev_run"):
         metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation)
+        save_matched_ring(model, dm, metrics, Path(out) / "figures")
         path = write_metrics(metrics, out)
         log.info("test metrics:\n%s", format_metrics(metrics))
         print(f"Test metrics of the final model: {path}")

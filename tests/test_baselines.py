@@ -129,6 +129,16 @@ def test_vampprior_kl_warm_up_ramps_from_zero() -> None:
         weights.append(model.kl_weight)
     assert weights == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     assert _small(GaussianVAE).kl_weight == 1.0
+    # beta scales the training KL (the ramp ends at it); validation and the reported elbo keep the ELBO.
+    model = _small(VampPriorVAE, kl_warmup_steps=4, beta=0.01)
+    model.batch_counter = 2
+    assert model.kl_weight == 0.005
+    x = torch.randn(7, 5)
+    torch.manual_seed(0)
+    terms, _ = model.loss_terms(x)
+    assert torch.isclose(terms["loss"], terms["recon"] + terms["kl"])
+    with pytest.raises(ValueError, match="beta > 0"):
+        _small(GaussianVAE, beta=0.0)
 
 
 def test_vae_log_weights_are_eq_4_integrand_exactly() -> None:

@@ -34,7 +34,13 @@ from vaells.evaluation.images import (
     train_classifier,
 )
 from vaells.figures.callbacks import LatentFigures, save_figures
-from vaells.figures.images import build_image_figures, extrapolated_paths, operator_paths, posterior_ring
+from vaells.figures.images import (
+    build_image_figures,
+    extrapolated_paths,
+    operator_paths,
+    posterior_ring,
+    save_matched_ring,
+)
 from vaells.transport import TransportOperator
 
 NUM_TRAIN_FILE, NUM_TEST_FILE = 120, 40  # 100 train / 20 val: 10 per class, enough for 8 anchors per class
@@ -317,6 +323,19 @@ def test_mnist_metrics_of_a_baseline_through_the_interface(mnist_root: Path, tmp
                         tmp_path)
     dm = build_datamodule(cfg)
     assert mnist_metrics(build_model(cfg, dm), dm, num_digits=4) == {}  # rotation metrics follow operators
+
+
+@pytest.mark.parametrize("name", ["vaells", "vampprior"])
+def test_matched_ring_of_any_model(name: str, mnist_root: Path, tmp_path: Path) -> None:
+    cfg = compose_train(["experiment=natural_mnist", f"model={name}", f"data.root={mnist_root}",
+                         "data.download=false"], tmp_path)
+    dm = build_datamodule(cfg)
+    model = build_model(cfg, dm)
+    path = save_matched_ring(model, dm, {"matched_spread": 2.0, "matched_variation": 0.01}, tmp_path / "figures",
+                             num_digits=3)
+    assert path == tmp_path / "figures" / "matched_ring.png" and path.stat().st_size > 0
+    assert save_matched_ring(model, dm, {"mse": 0.1}, tmp_path / "none") is None  # no images, no ring
+    assert not (tmp_path / "none").exists()
 
 
 # -- figures ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -30,6 +31,8 @@ def _fake_multirun(root: Path) -> Path:
             fig.add_subplot().scatter(np.arange(5), np.arange(5))
             (run / "figures").mkdir()
             fig.savefig(run / "figures" / "latent.png")
+        if job == "1":  # and one with a matched ring too: a second row of panels
+            fig.savefig(run / "figures" / "matched_ring.png")
     (root / "multirun.yaml").write_text("hydra: {}\n")
     return root
 
@@ -45,5 +48,7 @@ def test_report_tabulates_the_runs_with_the_swept_values_first(tmp_path: Path, c
     markdown = (root / "report.md").read_text().splitlines()
     assert "| model | mse | knn_accuracy | elbo | run |" in markdown
     assert "| vae | 0.29 | 0.5 | -1.5 | 1 |" in markdown
-    assert (root / "comparison.png").stat().st_size > 0
+    image = plt.imread(root / "comparison.png")
+    # The two runs with figures side by side (4 in each at 120 dpi), in two rows (latent, matched ring) of 4.4 in.
+    assert image.shape[:2] == (round(2 * 4.4 * 120), 2 * 4 * 120)
     assert "report.md" in capsys.readouterr().out

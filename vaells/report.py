@@ -3,8 +3,9 @@
 Every run below the folder that wrote a ``metrics.json`` (``train.py`` does, for each job of a multirun; so does
 ``evaluate.py``) becomes a row: first the values that differ between the runs' command-line overrides (what the
 sweep varied, e.g. ``model``), then every scalar metric, then the run's folder. Written into the folder:
-``report.csv``, ``report.md`` and, when the runs drew their latent figure, ``comparison.png`` with one latent
-panel per run, side by side (the paper's Fig. 2 and 4).
+``report.csv``, ``report.md`` and, when the runs drew their figures, ``comparison.png``: each run's latent panel
+side by side (the paper's Fig. 2 and 4) and, for image data, its posterior ring at the matched variation (Fig. 5
+and 7).
 
     python train.py -m experiment=concentric_circles model=vaells,vae,vampprior,svae
     python -m vaells.report multirun/train/<date_time>
@@ -93,21 +94,31 @@ def write_report(root: Path) -> list[Path]:
     return written
 
 
+#: The per-run figures set side by side in ``comparison.png``, one row each: the latent space (Fig. 2 and 4) and,
+#: for image data, the posterior ring at the matched variation (Fig. 5 and 7).
+COMPARED_FIGURES = ("latent.png", "matched_ring.png")
+
+
 def _comparison_figure(root: Path, swept: list[str], rows: list[dict]) -> Path | None:
-    """Each run's latent figure side by side, titled by its swept values."""
-    panels = [(row, root / row["run"] / "figures" / "latent.png") for row in rows]
-    panels = [(row, path) for row, path in panels if path.is_file()]
-    if not panels:
+    """Each run's figures side by side (a column per run, a row per figure of ``COMPARED_FIGURES`` that some run
+    drew), titled by the run's swept values."""
+    names = [n for n in COMPARED_FIGURES if any((root / r["run"] / "figures" / n).is_file() for r in rows)]
+    runs = [r for r in rows if any((root / r["run"] / "figures" / n).is_file() for n in names)]
+    if not runs:
         return None
     import matplotlib.image as mpimg  # matplotlib only when there is something to draw
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4 * len(panels), 4.4), layout="constrained")
-    for i, (row, path) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        ax.imshow(mpimg.imread(path))
-        ax.set_axis_off()
-        ax.set_title(", ".join(f"{c}={row[c]}" for c in swept) or row["run"], fontsize="small")
+    fig = Figure(figsize=(4 * len(runs), 4.4 * len(names)), layout="constrained")
+    for i, name in enumerate(names):
+        for j, row in enumerate(runs):
+            ax = fig.add_subplot(len(names), len(runs), i * len(runs) + j + 1)
+            ax.set_axis_off()
+            path = root / row["run"] / "figures" / name
+            if path.is_file():
+                ax.imshow(mpimg.imread(path))
+            if i == 0:
+                ax.set_title(", ".join(f"{c}={row[c]}" for c in swept) or row["run"], fontsize="small")
     out = root / "comparison.png"
     fig.savefig(out, dpi=120)
     return out

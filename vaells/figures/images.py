@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,7 +84,29 @@ def posterior_ring(
             spread = 0.25 * float(np.median(spans))
         centre = decode_chunked(model, mu)  # (N, C, H, W)
         samples = decoded_posterior_samples(model, x, num_samples, spread / model.coeff_scale)  # (N, S, C, H, W)
-    n = x.shape[0]
+    return _ring_figure(centre, samples, f"decoded input (centre) and posterior samples, Laplace scale b = "
+                                         f"{spread:.3g}", ncols)
+
+
+def matched_posterior_ring(
+    model: nn.Module, x: Tensor, spread: float, num_samples: int = 8, *, title: str | None = None, seed: int = 0,
+    ncols: int = 4,
+) -> Figure:
+    """``posterior_ring`` for any model of the ``LatentModel`` interface: the samples come from
+    ``posterior_samples`` at the spread multiplier ``spread`` (``matched_spread`` of the metrics, so that the
+    rings of different models show equal visible change: Fig. 5 and 7 side by side)."""
+    x = _check_images(x)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    with evaluating(model, seed):
+        centre = decode_chunked(model, encode_chunked(model, x))  # (N, C, H, W)
+        samples = decoded_posterior_samples(model, x, num_samples, spread)  # (N, S, C, H, W)
+    return _ring_figure(centre, samples, title or f"posterior samples at spread x{spread:.3g}", ncols)
+
+
+def _ring_figure(centre: Tensor, samples: Tensor, title: str, ncols: int) -> Figure:
+    """Each decoded centre (N, C, H, W) in a red frame, its samples (N, S, C, H, W) on a ring around it."""
+    n, num_samples = samples.shape[:2]
     cols = min(ncols, n)
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(2.6 * cols, 2.6 * rows + 0.4), layout="constrained")
@@ -103,7 +126,7 @@ def posterior_ring(
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
         ax.set_axis_off()
-    fig.suptitle(f"decoded input (centre) and posterior samples, Laplace scale b = {spread:.3g}")
+    fig.suptitle(title)
     return fig
 
 
@@ -251,3 +274,21 @@ def build_image_figures(
         r = operator_path_range
         figs["operator_paths"] = operator_paths(model, x[:2], None if r is None else (-r, r), seed=seed)
     return figs
+
+
+def save_matched_ring(model: nn.Module, dm: object, metrics: dict, directory: str | Path, *, num_digits: int = 6,
+                      seed: int = 0) -> Path | None:
+    """``matched_posterior_ring`` of ``num_digits`` seeded test digits at the metrics' ``matched_spread``, as
+    ``<directory>/matched_ring.png`` (what ``python -m vaells.report`` sets side by side); None when the
+    metrics have no matched spread (data without images)."""
+    spread = metrics.get("matched_spread")
+    if spread is None or not math.isfinite(spread):
+        return None
+    x = pick_test_digits(dm, num_digits, seed).to(next(model.parameters()).device)
+    title = (f"{type(model).__name__}: posterior samples at matched variation "
+             f"{metrics.get('matched_variation', float('nan')):.3g} (spread x{spread:.3g})")
+    fig = matched_posterior_ring(model, x, spread, title=title, seed=seed)
+    path = Path(directory) / "matched_ring.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

@@ -79,8 +79,8 @@ class VariationalModel(ModelBase):
         L = recon * mean_b 1/2 ||x_b - g(z_b)||^2 + beta * mean_b KL(q(z | x_b) || p(z)),   z_b ~ q(z | x_b),
 
     the decoder likelihood N(x; g(z), I / recon) of VAELLS (``vaells.objectives``), so that the models' numbers
-    compare. At beta = 1 this is -ELBO up to the likelihood's constant. beta ramps linearly from 0 to 1 over
-    the first ``kl_warmup_steps`` training batches (a KL warm-up) and is 1 in validation and evaluation. The KL
+    compare. At beta = 1 this is -ELBO up to the likelihood's constant. In training, beta ramps linearly from 0 to
+    ``beta`` over the first ``kl_warmup_steps`` batches (a KL warm-up); it is 1 in validation and evaluation. The KL
     is in closed form where ``torch.distributions`` registers one, else the one-sample estimate
     log q(z_b | x_b) - log p(z_b).
 
@@ -92,7 +92,11 @@ class VariationalModel(ModelBase):
         latent_dim: d.
         recon_weight: zeta_1 = 1 / sigma_x^2, the decoder likelihood (VAELLS's ``weights.recon``).
         optimizer: partial torch optimizer, given all parameters.
-        kl_warmup_steps: training batches over which beta ramps from 0 to 1; 0: beta = 1 throughout.
+        kl_warmup_steps: training batches over which the KL weight ramps from 0 to ``beta``; 0: ``beta``
+            throughout.
+        beta: the KL weight in training after the warm-up (conf/backbone's ``prior_weight``: the weight every
+            model of an experiment gives its latent prior against the reconstruction in network updates).
+            Validation, ``elbo`` and the log-weights always use beta = 1, the ELBO itself.
     """
 
     def __init__(
@@ -103,11 +107,12 @@ class VariationalModel(ModelBase):
         recon_weight: float,
         optimizer: Callable[..., torch.optim.Optimizer],
         kl_warmup_steps: int = 0,
+        beta: float = 1.0,
     ) -> None:
         super().__init__()
-        if latent_dim < 1 or not recon_weight > 0 or kl_warmup_steps < 0:
-            raise ValueError(f"need latent_dim >= 1, recon_weight > 0 and kl_warmup_steps >= 0, got {latent_dim}, "
-                             f"{recon_weight}, {kl_warmup_steps}")
+        if latent_dim < 1 or not recon_weight > 0 or kl_warmup_steps < 0 or not beta > 0:
+            raise ValueError(f"need latent_dim >= 1, recon_weight > 0, kl_warmup_steps >= 0 and beta > 0, got "
+                             f"{latent_dim}, {recon_weight}, {kl_warmup_steps}, {beta}")
         if getattr(encoder, "latent_dim", latent_dim) != latent_dim:
             raise ValueError(f"the encoder has latent_dim={encoder.latent_dim} but the model {latent_dim}")
         if not hasattr(encoder, "widen_output"):
@@ -115,6 +120,7 @@ class VariationalModel(ModelBase):
         encoder.widen_output(self.head_outputs(latent_dim))
         self.encoder, self.decoder = encoder, decoder
         self.latent_dim, self.recon_weight, self.kl_warmup_steps = latent_dim, recon_weight, kl_warmup_steps
+        self.beta = beta
         self.optimizer_factory = optimizer
 
     # -- the model: subclasses ------------------------------------------------------------------------
@@ -163,8 +169,9 @@ class VariationalModel(ModelBase):
     # -- the objective --------------------------------------------------------------------------------
     @property
     def kl_weight(self) -> float:
-        """beta of the KL warm-up at the current training batch."""
-        return min(1.0, self.batch_counter / self.kl_warmup_steps) if self.kl_warmup_steps else 1.0
+        """The KL weight in training at the current batch: the warm-up's ramp to ``beta``."""
+        ramp = min(1.0, self.batch_counter / self.kl_warmup_steps) if self.kl_warmup_steps else 1.0
+        return ramp * self.beta
 
     def kl(self, q: Distribution, z: Tensor) -> Tensor:
         """KL(q(z | x) || p(z)) per sample: closed form, or log q(z) - log p(z) at the sample z (B, d).  -> (B,)."""

@@ -39,8 +39,9 @@ class VampPriorVAE(GaussianVAE):
         train_inputs: Tensor,
         num_pseudo_inputs: int = 100,
         kl_warmup_steps: int = 0,
+        beta: float = 1.0,
     ) -> None:
-        super().__init__(encoder, decoder, latent_dim, recon_weight, optimizer, kl_warmup_steps)
+        super().__init__(encoder, decoder, latent_dim, recon_weight, optimizer, kl_warmup_steps, beta)
         if num_pseudo_inputs < 1 or train_inputs.shape[0] < 1:
             raise ValueError(f"the VampPrior needs num_pseudo_inputs >= 1 and some training inputs, got "
                              f"{num_pseudo_inputs}, {train_inputs.shape[0]}")
