@@ -12,6 +12,7 @@ holds the path math and the path-quality metrics.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -184,23 +185,27 @@ class Run:
                              "data use save_latent_plot")
         return _save(image_grid(images, nrow=nrow, title=title), path)
 
-    def save_latent_plot(self, path: str | Path, paths: Tensor | None = None, *, title: str | None = None) -> Path:
+    def save_latent_plot(self, path: str | Path, paths: Tensor | None = None, *,
+                         titles: Sequence[str] | None = None) -> Path:
         """Save the encoded test split (the data are read) as a scatter, with latent ``paths`` (P, T, d) or (T, d),
-        e.g. ``latent_path(...).z``, drawn over it (start: cyan circle, end: red x); returns the PNG's path."""
+        e.g. ``latent_path(...).z``, drawn over it, one panel a path titled ``titles`` (start: cyan circle, end: red
+        x); returns the PNG's path."""
         from vaells.figures import plotting
 
         x, labels = self.test_data()
         z = torch.cat([self.encode(part) for part in x.split(512)])
         if paths is None:
             color = labels if labels.unique().numel() > 1 else None
-            fig = plotting.latent_scatter(z, color, title=title or "encoded test split")
+            fig = plotting.latent_scatter(z, color, title=titles[0] if titles else "encoded test split")
         else:
             paths = torch.as_tensor(paths)
             paths = paths[None] if paths.dim() == 2 else paths
             if paths.dim() != 3 or paths.shape[-1] != self.latent_dim:
                 raise ValueError(f"paths must have shape (P, T, d={self.latent_dim}) or (T, d), got "
                                  f"{tuple(paths.shape)}")
-            titles = [title or f"path {i + 1}" for i in range(paths.shape[0])]
+            titles = list(titles) if titles is not None else [f"path {i + 1}" for i in range(paths.shape[0])]
+            if len(titles) != paths.shape[0]:
+                raise ValueError(f"titles: {len(titles)} given for {paths.shape[0]} paths")
             fig = plotting.transport_paths(z, paths, titles=titles)
         return _save(fig, path)
 

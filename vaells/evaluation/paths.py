@@ -59,6 +59,7 @@ def path_solver(model: nn.Module, mu: Tensor) -> CoefficientSolver:
                              dtype=model.prior_solver.dtype)
 
 
+@torch.no_grad()
 def transport_interpolation(model: nn.Module, z0: Tensor, z1: Tensor, num_steps: int,
                             solver: CoefficientSolver | None = None) -> tuple[Tensor, Tensor]:
     """The transport paths z_t = expm(t A(c_hat)) z0, t in linspace(0, 1, num_steps), from each z0 to its z1.
