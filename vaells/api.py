@@ -153,10 +153,12 @@ class Run:
         return self.decode(path.float())
 
     # -- the prior -----------------------------------------------------------------------------------
-    def sample_prior(self, label: int | None = None, n: int = 16, *, seed: int | None = None) -> Tensor:
+    def sample_prior(self, label: int | None = None, n: int = 16, *, seed: int | None = None,
+                     decoded: bool = True) -> Tensor:
         """n decoded samples of the prior: VAELLS's class-matched prior p(z | label) of eq. 8 (label None: any
-        class's anchors), a baseline's own prior (which has no classes: ``label`` is ignored).
-        ``seed`` makes the draw repeatable without touching the global random stream.  -> (n, *input_shape)."""
+        class's anchors), a baseline's own prior (which has no classes: ``label`` is ignored). ``seed`` makes the
+        draw repeatable without touching the global random stream.  -> (n, *input_shape), or the latents (n, d)
+        with ``decoded=False``."""
         if int(n) < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         labels = None
@@ -170,9 +172,11 @@ class Run:
             labels = torch.full((int(n),), int(label), dtype=torch.long)
         if seed is None:
             with torch.no_grad():
-                return self.decode(self.model.sample_prior(int(n), labels).float())
-        with evaluating(self.model, seed):
-            return self.decode(self.model.sample_prior(int(n), labels).float())
+                z = self.model.sample_prior(int(n), labels).float()
+        else:
+            with evaluating(self.model, seed):
+                z = self.model.sample_prior(int(n), labels).float()
+        return self.decode(z) if decoded else z
 
     # -- figures -------------------------------------------------------------------------------------
     def save_images(self, images: Tensor, path: str | Path, *, nrow: int = 10, title: str | None = None) -> Path:
@@ -185,18 +189,24 @@ class Run:
                              "data use save_latent_plot")
         return _save(image_grid(images, nrow=nrow, title=title), path)
 
-    def save_latent_plot(self, path: str | Path, paths: Tensor | None = None, *,
+    def save_latent_plot(self, path: str | Path, paths: Tensor | None = None, *, points: Tensor | None = None,
                          titles: Sequence[str] | None = None) -> Path:
         """Save the encoded test split (the data are read) as a scatter, with latent ``paths`` (P, T, d) or (T, d),
         e.g. ``latent_path(...).z``, drawn over it, one panel a path titled ``titles`` (start: cyan circle, end: red
-        x); returns the PNG's path."""
+        x), or with ``points`` (N, d) (e.g. ``sample_prior(..., decoded=False)``) in red on one panel; returns the
+        PNG's path. Latents of d > 2 are drawn on the test split's first two principal components."""
         from vaells.figures import plotting
 
         x, labels = self.test_data()
         z = torch.cat([self.encode(part) for part in x.split(512)])
         if paths is None:
             color = labels if labels.unique().numel() > 1 else None
-            fig = plotting.latent_scatter(z, color, title=titles[0] if titles else "encoded test split")
+            projection = plotting.project_2d(z)
+            fig = plotting.latent_scatter(z, color, title=titles[0] if titles else "encoded test split",
+                                          projection=projection)
+            if points is not None:
+                p2 = projection(self._latents("points", points)[0])
+                fig.axes[0].scatter(p2[:, 0], p2[:, 1], s=8, color="tab:red", zorder=4)
         else:
             paths = torch.as_tensor(paths)
             paths = paths[None] if paths.dim() == 2 else paths
