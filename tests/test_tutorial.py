@@ -37,7 +37,8 @@ def test_the_tutorial_runs_start_to_finish(tmp_path: Path) -> None:
     for lang, code in blocks:
         command = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=BUDGET_S)
-        assert done.returncode == 0, f"{lang} block failed:\n{code}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+        report = f"{lang} block failed:\n{code}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+        assert done.returncode == 0, report
     run = tmp_path / "outputs" / "tutorial"
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "metrics.json").is_file()
     assert (run / "my_paths.png").is_file() and (run / "my_prior.png").is_file()
