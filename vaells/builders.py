@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import hydra
 import torch
@@ -62,12 +63,63 @@ def data_arguments(model_cfg: DictConfig, dm: AnchoredDataModule) -> dict:
 def build_model(cfg: DictConfig, dm: AnchoredDataModule) -> ModelBase:
     """The model of ``cfg.model`` for the data of ``dm``. The model node is resolved first (it interpolates the
     experiment's shared ``backbone``), then the data's sizes are filled in."""
+    return _instantiate_model(cfg, dm.input_shape, lambda model_cfg: data_arguments(model_cfg, dm))
+
+
+def restore_model(cfg: DictConfig, checkpoint: dict) -> ModelBase:
+    """The trained model of a run from its checkpoint alone, without its data (``vaells.load``).
+
+    What ``build_model`` takes from the data comes from the checkpoint: the input shape (``checkpoint_input_shape``),
+    and the constructor arguments of ``data_arguments`` from the trained state, which ``load_state_dict`` would
+    overwrite anyway: the learned anchors and their labels, and the VampPrior's pseudo-inputs in place of the
+    training inputs they started from. The state is loaded, and the model returned in eval mode.
+    """
+    state = checkpoint["state_dict"]
+    supply: dict[str, Callable[[], object]] = {
+        "anchors": lambda: state.get("anchor_inputs"),
+        "anchor_labels": lambda: state.get("anchor_labels"),
+        "train_inputs": lambda: state["pseudo_inputs"],
+    }
+
+    def arguments(model_cfg: DictConfig) -> dict:
+        accepted = inspect.signature(hydra.utils.get_class(model_cfg._target_)).parameters
+        return {name: make() for name, make in supply.items() if name in accepted}
+
+    model = _instantiate_model(cfg, checkpoint_input_shape(cfg, checkpoint), arguments)
+    model.load_state_dict(state)
+    model.on_load_checkpoint(checkpoint)
+    return model.eval()
+
+
+def checkpoint_input_shape(cfg: DictConfig, checkpoint: dict) -> tuple[int, ...]:
+    """The shape of one input of the run: stored in the checkpoint (``ModelBase.input_shape``), or, for runs saved
+    before it was, read from the trained inputs in the state (anchors, pseudo-inputs), the DataModule class (MNIST)
+    or the synthetic data's ``ambient_dim``."""
+    if checkpoint.get("input_shape") is not None:
+        return tuple(int(n) for n in checkpoint["input_shape"])
+    state = checkpoint["state_dict"]
+    for key in ("anchor_inputs", "pseudo_inputs"):
+        if key in state:
+            return tuple(state[key].shape[1:])
+    shape = getattr(hydra.utils.get_class(cfg.data._target_), "input_shape", ())
+    if shape:
+        return tuple(shape)
+    if OmegaConf.select(cfg, "data.ambient_dim") is not None:
+        return (int(cfg.data.ambient_dim),)
+    raise ValueError(f"cannot tell the input shape of this run (data {cfg.data._target_}) from its checkpoint; "
+                     "retrain with this version of the project, which stores it")
+
+
+def _instantiate_model(cfg: DictConfig, input_shape: tuple[int, ...],
+                       arguments: Callable[[DictConfig], dict]) -> ModelBase:
     model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
-    fill_data_dims(model_cfg, dm.input_shape)
-    model = hydra.utils.instantiate(model_cfg, **data_arguments(model_cfg, dm))
-    # Stored in the checkpoint so evaluate.py rebuilds exactly this run (resolved: run paths become literal).
+    fill_data_dims(model_cfg, input_shape)
+    model = hydra.utils.instantiate(model_cfg, **arguments(model_cfg))
+    # Stored in the checkpoint so evaluate.py rebuilds exactly this run (resolved: run paths become literal), and
+    # vaells.load without the data.
     model.run_config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                         for k, v in cfg.items() if k != "hydra"}
+    model.input_shape = tuple(int(n) for n in input_shape)
     return model
 
 
@@ -96,9 +148,12 @@ def _moved(node: object) -> object:
     return node
 
 
-def load_run(ckpt_path: str) -> tuple[DictConfig, dict]:
+def load_run(ckpt_path: str | Path) -> tuple[DictConfig, dict]:
     """The checkpoint and the config of the run that wrote it (stored in the checkpoint by ``build_model``)."""
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} is not a file; pass a run's checkpoints/last.ckpt")
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if "run_config" not in checkpoint:
-        raise ValueError(f"{ckpt_path} holds no run config; was it written by this project's train.py?")
+    if not isinstance(checkpoint, dict) or "run_config" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(f"{ckpt_path} holds no run config; was it written by this project's train.py? (a "
+                         "checkpoint of this project stores the run's composed config under 'run_config')")
     return OmegaConf.create(_moved(checkpoint["run_config"])), checkpoint

@@ -82,8 +82,8 @@ def ensure_mnist(root: str | Path, *, download: bool) -> None:
     missing = [name for name in MNIST_RAW_FILES if not (raw / name).is_file()]
     raise FileNotFoundError(
         f"MNIST not found: looked in {raw} (absolute: {raw.resolve()}) for {', '.join(MNIST_RAW_FILES)}; "
-        f"missing: {', '.join(missing)}; {reason}. To fix it, set data.root=/path/to/dir containing "
-        "MNIST/raw (e.g. an offline copy) with data.download=false, or allow the download."
+        f"missing: {', '.join(missing)}; {reason}. To fix it, point data.root at a folder holding "
+        "MNIST/raw and set data.download=false, or allow the download."
     )
 
 

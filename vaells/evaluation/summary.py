@@ -13,6 +13,7 @@ from vaells.data.base import AnchoredDataModule
 from vaells.evaluation.comparison import comparative_metrics
 from vaells.evaluation.images import mnist_metrics
 from vaells.evaluation.latent import continuity, knn_accuracy, trustworthiness
+from vaells.evaluation.paths import path_metrics
 from vaells.models.base import has_operators
 from vaells.transport import TransportOperator, operator_reading
 
@@ -81,6 +82,7 @@ def evaluate_model(
         metrics["continuity"] = continuity(test["coords"], test["mu"], k=10)
     metrics |= mnist_metrics(model, dm, seed=0, cache_dir=classifier_cache, matched_variation=matched_variation)
     metrics |= comparative_metrics(model, dm, matched_variation=matched_variation, seed=0)
+    metrics |= path_metrics(model, dm, seed=0)
     return metrics
 
 

@@ -23,6 +23,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from vaells.evaluation.paths import same_label_pairs
 from vaells.figures import plotting
 
 #: The PNG names of ``LatentFigures.build_figures`` (``prior_decoded`` only for image data).
@@ -279,16 +280,8 @@ class LatentFigures(pl.Callback):
 
     def _same_label_pairs(self, labels: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
         """``num_paths`` random (start, end) index pairs that share a label where possible (seeded)."""
-        gen = torch.Generator().manual_seed(self.seed + 1)
         labels = labels.cpu() if labels is not None else torch.zeros(n, dtype=torch.long)
-        starts = torch.randperm(n, generator=gen)[: self.num_paths]
-        ends = []
-        for i in starts.tolist():
-            partners = torch.nonzero((labels == labels[i]) & (torch.arange(n) != i)).flatten()
-            if partners.numel() == 0:
-                partners = torch.nonzero(torch.arange(n) != i).flatten()
-            ends.append(partners[torch.randint(partners.numel(), (1,), generator=gen)])
-        return starts, torch.cat(ends)
+        return same_label_pairs(labels, self.num_paths, torch.Generator().manual_seed(self.seed + 1))
 
     def _decoded_grid(self, pl_module: nn.Module, anchors: Tensor, samples: Tensor) -> Figure:
         """Fig. 5: each row is a decoded anchor followed by decoded prior samples around it."""

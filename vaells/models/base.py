@@ -67,10 +67,13 @@ class ModelBase(pl.LightningModule):
         super().__init__()
         self.batch_counter = 0  # batches seen: drives warm-up and alternation (not trainer.global_step)
         self.run_config: dict | None = None  # the composed Hydra config, stored in checkpoints by the builder
+        self.input_shape: tuple[int, ...] | None = None  # one input's shape, set by the builder: loads without data
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["run_config"] = self.run_config
+        if self.input_shape is not None:
+            checkpoint["input_shape"] = list(self.input_shape)
 
 
 class VariationalModel(ModelBase):
