@@ -77,6 +77,7 @@ def test_every_experiment_composes_and_builds(experiment: str, tmp_path: Path) -
     # what the experiment file sets is what the run gets
     body = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml")
     body.pop("defaults", None)
+    body.pop("hydra", None)  # Hydra's own settings (a sweep's grid: tests/test_sweep.py)
     assert OmegaConf.to_container(OmegaConf.merge(cfg, body), resolve=True) == resolved
     if experiment in SYNTHETIC:  # cheap to build: catch a _target_ or argument that does not exist
         dm = build_datamodule(cfg)
