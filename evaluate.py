@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaells.builders import build_datamodule, build_model, load_run
+from vaells.evaluation.likelihood import likelihood_settings
 from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, write_metrics
 from vaells.figures.callbacks import save_run_figures
 from vaells.figures.images import save_matched_ring
@@ -23,6 +24,7 @@ from vaells.figures.images import save_matched_ring
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True)
+    ll_settings = likelihood_settings(cfg)
     run_cfg, checkpoint = load_run(cfg.ckpt_path)
     with open_dict(run_cfg):
         run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data_overrides)
@@ -34,7 +36,8 @@ def main(cfg: DictConfig) -> None:
     figure_cfg = OmegaConf.to_container(figure_cfg, resolve=False) if figure_cfg is not None else {}
     figure_options = {k: v for k, v in figure_cfg.items() if k not in ("_target_", "output_dir", "every_n_epochs")}
     figure_options |= OmegaConf.to_container(cfg.figure_overrides)
-    metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation)
+    metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation,
+                             **ll_settings)
     save_run_figures(model, dm, out / "figures", figure_options)
     save_matched_ring(model, dm, metrics, out / "figures")
     metrics["ckpt_path"] = str(cfg.ckpt_path)

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from vaells.builders import build_datamodule, build_model
+from vaells.evaluation.likelihood import likelihood_settings
 from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, write_metrics
 from vaells.figures.images import save_matched_ring
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True)
+    ll_settings = likelihood_settings(cfg)  # checked before training
     dm = build_datamodule(cfg)
     model = build_model(cfg, dm)
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
@@ -39,7 +41,8 @@ def main(cfg: DictConfig) -> None:
     # The final model (last.ckpt) on the test split, as evaluate.py scores it (figures: LatentFigures at fit end);
     # a fast_dev_run is a smoke test and is not scored.
     if cfg.evaluate and not cfg.trainer.get("fast_dev_run"):
-        metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation)
+        metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation,
+                                 **ll_settings)
         save_matched_ring(model, dm, metrics, Path(out) / "figures")
         path = write_metrics(metrics, out)
         log.info("test metrics:\n%s", format_metrics(metrics))

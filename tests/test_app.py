@@ -77,6 +77,7 @@ def test_every_experiment_composes_and_builds(experiment: str, tmp_path: Path) -
     # what the experiment file sets is what the run gets
     body = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml")
     body.pop("defaults", None)
+    body.pop("hydra", None)  # Hydra's own settings (a sweep's grid: tests/test_sweep.py)
     assert OmegaConf.to_container(OmegaConf.merge(cfg, body), resolve=True) == resolved
     if experiment in SYNTHETIC:  # cheap to build: catch a _target_ or argument that does not exist
         dm = build_datamodule(cfg)
@@ -144,6 +145,7 @@ def test_unknown_experiment_exits_nonzero_listing_the_options(tmp_path: Path) ->
         (["experiment=swiss_roll", "data.anchors_per_class=0"], "anchors_per_class"),
         (["experiment=concentric_circles", "data.anchors_per_class=0"], "anchors_per_class"),
         (["experiment=concentric_circles", "data.anchors_per_class=500"], "anchors_per_class"),
+        (["ll_samples=0"], "ll_samples"),
     ],
 )
 def test_bad_settings_stop_before_training(overrides, field, tmp_path: Path, cli, no_fit) -> None:
@@ -188,16 +190,21 @@ def test_evaluate_a_short_run(experiment, data_override, num_test, structure_key
     import evaluate
 
     run = tmp_path / "run"
+    # A small log-likelihood (the defaults, 1000 points x K = 100, are for real runs).
     code, _, err = cli(train.main, f"experiment={experiment}", data_override, "++trainer.max_epochs=1",
                        "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=1", NO_FIGURES,
-                       f"hydra.run.dir={run}")
+                       "ll_points=0", f"hydra.run.dir={run}")
     assert code == 0, err
+    assert "log_likelihood" not in json.loads((run / "metrics.json").read_text())  # ll_points=0: skipped
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     out = tmp_path / "eval"
-    code, stdout, err = cli(evaluate.main, f"ckpt_path={ckpt}", f"hydra.run.dir={out}")
+    code, stdout, err = cli(evaluate.main, f"ckpt_path={ckpt}", "ll_points=25", "ll_samples=4",
+                            f"hydra.run.dir={out}")
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["log_likelihood_points"], metrics["log_likelihood_k"]) == (25, 4)
+    assert math.isfinite(metrics["log_likelihood"]) and metrics["log_likelihood_stderr"] > 0
     # num_test comes from the run's own config (the override above), not from conf/data defaults
     assert metrics["num_test"] == num_test
     for key in ["mse", "elbo", *structure_keys]:

@@ -199,12 +199,8 @@ def test_every_model_offers_the_interface(name: str, tmp_path: Path) -> None:
         assert distance[0] < distance[1]
         scores = model.batch_scores(batch)
         assert set(scores) == {"mse", "elbo"} and all(math.isfinite(float(v)) for v in scores.values())
-        if name == "vaells":
-            with pytest.raises(NotImplementedError, match="c_hat"):
-                model.log_weights(x, 3)
-        else:
-            log_w = model.log_weights(x, 3)
-            assert log_w.shape == (6, 3) and bool(torch.isfinite(log_w).all())
+        log_w = model.log_weights(x, 3, labels=batch["label"][:6])  # VAELLS's class prior needs the labels
+        assert log_w.shape == (6, 3) and log_w.dtype == torch.float64 and bool(torch.isfinite(log_w).all())
 
 
 def test_vaells_class_conditional_prior_samples_around_its_class_anchors(tmp_path: Path) -> None:
@@ -285,15 +281,19 @@ def test_evaluate_a_short_baseline_run(name: str, tmp_path: Path, cli) -> None:
     run = tmp_path / "run"
     code, _, err = cli(train.main, "experiment=concentric_circles", f"model={name}", "data.num_test_per_class=40",
                        "++trainer.max_epochs=1", "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=1",
-                       NO_FIGURES, f"hydra.run.dir={run}")
+                       NO_FIGURES, "ll_points=30", "ll_samples=5", f"hydra.run.dir={run}")
     assert code == 0, err
+    trained = json.loads((run / "metrics.json").read_text())  # train.py's own evaluation, with its LL
+    assert trained["log_likelihood_points"] == 30 and math.isfinite(trained["log_likelihood"])
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["batch_counter"] == 3 and checkpoint["run_config"]["model"]["_target_"].endswith(
         BASELINES[name].__name__)
     out = tmp_path / "eval"
-    code, _, err = cli(evaluate.main, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={out}")
+    code, _, err = cli(evaluate.main, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "ll_points=30",
+                       "ll_samples=5", f"hydra.run.dir={out}")
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["log_likelihood"] == trained["log_likelihood"]  # the same points, samples and seed
     assert metrics["num_test"] == 80 and not any(k.startswith("operator_") for k in metrics)
     keys = ("mse", "elbo", "knn_accuracy", "trustworthiness", "prior_manifold_error", "prior_coverage_error")
     assert all(math.isfinite(metrics[k]) for k in keys)

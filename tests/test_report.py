@@ -52,3 +52,28 @@ def test_report_tabulates_the_runs_with_the_swept_values_first(tmp_path: Path, c
     # The two runs with figures side by side (4 in each at 120 dpi), in two rows (latent, matched ring) of 4.4 in.
     assert image.shape[:2] == (round(2 * 4.4 * 120), 2 * 4 * 120)
     assert "report.md" in capsys.readouterr().out
+
+
+def test_report_puts_a_table2_multirun_in_the_papers_layout(tmp_path: Path) -> None:
+    """Five fake Table 2 jobs (``python train.py -m experiment=table2``): M, N_a, LL +- stderr and mse lead."""
+    root = tmp_path / "table2"
+    rows = [("M2_Na8", 2, 8), ("M4_Na8", 4, 8), ("M8_Na8", 8, 8), ("M4_Na12", 4, 12), ("M4_Na16", 4, 16)]
+    for job, (name, m, n_a) in enumerate(rows):
+        run = root / str(job)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- +table2_row={name}\n- experiment=table2\n")
+        metrics = {"mse": 0.03 + job / 1000, "elbo": -9.5, "num_operators": m, "operator_norm": [1.0] * m,
+                   "anchors_per_class": n_a, "knn_accuracy": 0.9, "log_likelihood": -600.0 - job,
+                   "log_likelihood_stderr": 2.5, "log_likelihood_k": 100, "log_likelihood_points": 1000}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    main([str(root)])
+    with open(root / "report.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0])[:6] == ["table2_row", "num_operators", "anchors_per_class", "log_likelihood",
+                                  "log_likelihood_stderr", "mse"]
+    assert [(int(r["num_operators"]), int(r["anchors_per_class"])) for r in table] == [(m, n) for _, m, n in rows]
+    markdown = (root / "report.md").read_text().splitlines()
+    header = next(line for line in markdown if line.startswith("| table2_row"))
+    assert header.startswith("| table2_row | M | N_a | LL ± stderr | mse | elbo |")
+    assert "log_likelihood_stderr" not in header
+    assert "| M4_Na12 | 4 | 12 | -603 ± 2.5 | 0.033 | -9.5 |" in "\n".join(markdown)

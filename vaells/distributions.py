@@ -58,9 +58,15 @@ def gaussian_log_prob(residual: Tensor, std: float | Tensor) -> Tensor:
     return -0.5 * residual.pow(2).sum(-1) / std**2 - d * torch.log(std) - 0.5 * d * math.log(2 * math.pi)
 
 
-def anchor_log_mean_exp(log_weights: Tensor) -> Tensor:
-    """log (1/N_a) sum_i exp(w_i) over the anchor axis, stably.  (..., N_a) -> (...,)."""
+def log_mean_exp(log_weights: Tensor) -> Tensor:
+    """log (1/N) sum_n exp(w_n) over the last axis, stably: a uniform mixture (eq. 8) or an importance-sampling
+    mean (docs/method.md §3).  (..., N) -> (...,)."""
     return torch.logsumexp(log_weights, dim=-1) - math.log(log_weights.shape[-1])
+
+
+def anchor_log_mean_exp(log_weights: Tensor) -> Tensor:
+    """log (1/N_a) sum_i exp(w_i) over the anchor axis (eq. 8).  (..., N_a) -> (...,)."""
+    return log_mean_exp(log_weights)
 
 
 class TransportPosterior(Distribution):
@@ -72,9 +78,12 @@ class TransportPosterior(Distribution):
         coeff_scale: b, the Laplace scale of the sampled coefficients (b = 1 / post_l1; docs/method.md §1.1).
         noise_std: sigma_eps (``to_noise_std`` in the release).
         solver: MAP inference for ``log_prob`` (eq. 7), lambda_post = 1e-6 in the release.
+        latent_scale: s, the units in which ``log_prob``'s Gaussian term measures the residual: it scores
+            s (z - T(c_hat) mu), the residual in the encoder's own units, as the release's likelihood does
+            (docs/method.md §3). 1 (the default): z's own units. Sampling does not depend on it.
 
     ``log_prob`` replaces the integral over c by its value at the inferred c_hat (eq. 7):
-    log q(z|x) ~= log N(z; T(c_hat) mu, sigma^2 I) + log Lap(c_hat; 0, b).
+    log q(z|x) ~= log N(s (z - T(c_hat) mu); 0, sigma^2 I) + log Lap(c_hat; 0, b).
     """
 
     arg_constraints: dict = {}
@@ -89,8 +98,10 @@ class TransportPosterior(Distribution):
         noise_std: float,
         solver: CoefficientSolver | None = None,
         validate_args: bool | None = None,
+        latent_scale: float = 1.0,
     ) -> None:
         self.mu, self.transport, self.coeff_scale, self.noise_std = mu, transport, coeff_scale, noise_std
+        self.latent_scale = latent_scale
         self.solver = solver or CoefficientSolver(l1_weight=1e-6, restarts=((0.0, 1.0),))
         super().__init__(batch_shape=mu.shape[:-1], event_shape=mu.shape[-1:], validate_args=validate_args)
         if self._validate_args:
@@ -127,9 +138,8 @@ class TransportPosterior(Distribution):
             self._validate_sample(value)
         if c_hat is None:
             c_hat = self.infer(value).c
-        return gaussian_log_prob(self.residual(value, c_hat), self.noise_std) + laplace_log_prob(
-            c_hat, self.coeff_scale
-        )
+        residual = self.latent_scale * self.residual(value, c_hat)
+        return gaussian_log_prob(residual, self.noise_std) + laplace_log_prob(c_hat, self.coeff_scale)
 
 
 class AnchorPrior(Distribution):
@@ -145,6 +155,7 @@ class AnchorPrior(Distribution):
         solver: MAP inference anchor -> z (lambda_prior and R restarts).
         closest_anchor: keep only the anchor whose inference energy is lowest (``closest_anchor_flag``),
             so the mixture has one component (docs/method.md §1.4).
+        latent_scale: s, the units of the Gaussian term in ``log_prob``, as in ``TransportPosterior``.
     """
 
     arg_constraints: dict = {}
@@ -160,9 +171,11 @@ class AnchorPrior(Distribution):
         solver: CoefficientSolver | None = None,
         closest_anchor: bool = False,
         validate_args: bool | None = None,
+        latent_scale: float = 1.0,
     ) -> None:
         self.anchors, self.transport = anchors, transport
         self.coeff_scale, self.noise_std, self.closest_anchor = coeff_scale, noise_std, closest_anchor
+        self.latent_scale = latent_scale
         self.solver = solver or CoefficientSolver()
         super().__init__(batch_shape=anchors.shape[:-2], event_shape=anchors.shape[-1:], validate_args=validate_args)
         if self._validate_args:
@@ -209,5 +222,6 @@ class AnchorPrior(Distribution):
         if self._validate_args:
             self._validate_sample(value)
         residual, c_hat = self.components(value, result)
-        log_components = gaussian_log_prob(residual, self.noise_std) + laplace_log_prob(c_hat, self.coeff_scale)
+        log_components = (gaussian_log_prob(self.latent_scale * residual, self.noise_std)
+                          + laplace_log_prob(c_hat, self.coeff_scale))
         return anchor_log_mean_exp(log_components)

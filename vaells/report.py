@@ -2,12 +2,16 @@
 
 Every run below the folder that wrote a ``metrics.json`` (``train.py`` does, for each job of a multirun; so does
 ``evaluate.py``) becomes a row: first the values that differ between the runs' command-line overrides (what the
-sweep varied, e.g. ``model``), then every scalar metric, then the run's folder. Written into the folder:
+sweep varied, e.g. ``model``), then every scalar metric, led by those of the paper's Table 2 where the runs have
+them (M, N_a, the log-likelihood with its standard error, mse), then the run's folder. Written into the folder:
 ``report.csv``, ``report.md`` and, when the runs drew their figures, ``comparison.png``: each run's latent panel
 side by side (the paper's Fig. 2 and 4) and, for image data, its posterior ring at the matched variation (Fig. 5
 and 7).
 
     python train.py -m experiment=concentric_circles model=vaells,vae,vampprior,svae
+    python -m vaells.report multirun/train/<date_time>
+
+    python train.py -m experiment=table2      # the paper's Table 2: five (M, N_a) rows on natural MNIST
     python -m vaells.report multirun/train/<date_time>
 """
 
@@ -23,6 +27,10 @@ from omegaconf import OmegaConf
 
 #: Metric entries that are not a score of the model.
 SKIPPED = ("ckpt_path",)
+#: Metrics that lead the table where the runs have them, in the layout of the paper's Table 2, with their
+#: headers in ``report.md``; there the log-likelihood and its standard error share one cell.
+LEADING = {"num_operators": "M", "anchors_per_class": "N_a", "log_likelihood": "LL ± stderr",
+           "log_likelihood_stderr": None, "mse": "mse"}
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -61,7 +69,8 @@ def build_table(root: Path) -> tuple[list[str], list[str], list[dict]]:
     keys = list(dict.fromkeys(k for values in swept_values for k in values))
     swept = [k for k in keys if len({values.get(k) for values in swept_values}) > 1] if len(runs) > 1 else keys
     metrics = [scalar_metrics(run) for run in runs]
-    metric_keys = list(dict.fromkeys(k for m in metrics for k in m))
+    found = list(dict.fromkeys(k for m in metrics for k in m))
+    metric_keys = [k for k in LEADING if k in found] + [k for k in found if k not in LEADING]
     rows = []
     for run, values, m in zip(runs, swept_values, metrics, strict=True):
         rows.append({**{k: values.get(k, "") for k in swept}, **{k: m.get(k, "") for k in metric_keys},
@@ -75,6 +84,13 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _markdown_cell(row: dict, column: str) -> str:
+    """A cell of ``report.md``: the log-likelihood as "LL ± stderr" where both are there."""
+    if column == "log_likelihood" and row.get("log_likelihood_stderr", "") != "" and row[column] != "":
+        return f"{_cell(row[column])} ± {_cell(row['log_likelihood_stderr'])}"
+    return _cell(row[column])
+
+
 def write_report(root: Path) -> list[Path]:
     """Write ``report.csv``, ``report.md`` and (where the runs have ``figures/latent.png``) ``comparison.png``
     into ``root``; returns the paths written."""
@@ -84,8 +100,10 @@ def write_report(root: Path) -> list[Path]:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+    shown = [c for c in columns if not (c == "log_likelihood_stderr" and "log_likelihood" in columns)]
+    headers = [LEADING.get(c) or c if c in metric_keys else c for c in shown]
+    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(shown)]
+    lines += ["| " + " | ".join(_markdown_cell(row, c) for c in shown) + " |" for row in rows]
     (root / "report.md").write_text(f"# Runs below {root}\n\n" + "\n".join(lines) + "\n")
     written = [root / "report.csv", root / "report.md"]
     figure = _comparison_figure(root, swept, rows)

@@ -13,6 +13,7 @@ from vaells.data.base import AnchoredDataModule
 from vaells.evaluation.comparison import comparative_metrics
 from vaells.evaluation.images import mnist_metrics
 from vaells.evaluation.latent import continuity, knn_accuracy, trustworthiness
+from vaells.evaluation.likelihood import split_log_likelihood
 from vaells.evaluation.paths import path_metrics
 from vaells.models.base import has_operators
 from vaells.transport import TransportOperator, operator_reading
@@ -53,13 +54,19 @@ def evaluate_model(
     dm: AnchoredDataModule,
     classifier_cache: Path | None = None,
     matched_variation: float = 0.01,
+    ll_points: int = 1000,
+    ll_samples: int = 100,
+    ll_seed: int = 0,
 ) -> dict:
     """mse (per dimension, from a posterior sample), elbo (the negative training objective without regularisers
     of parameters; for VAELLS the release's "ELBO" metric), and the latent-structure metrics the data allows:
     knn_accuracy (k = 5, labelled data), trustworthiness and continuity (k = 10, against true coordinates);
     the image metrics of ``vaells.evaluation.images``; the comparative metrics of
     ``vaells.evaluation.comparison`` (the prior's fit to the manifold, the rotation share at matched
-    variation); and for models with transport operators what they learned (``operator_metrics``)."""
+    variation); for models with transport operators what they learned (``operator_metrics``); and the
+    importance-sampled log-likelihood of ``ll_points`` test points drawn with ``ll_seed``, at K = ``ll_samples``
+    (``vaells.evaluation.likelihood``: ``log_likelihood`` and its ``log_likelihood_stderr`` over points; 0 points
+    skip it)."""
     model.eval()
     dm.setup("test")
     sq_err, elbo, n = 0.0, 0.0, 0
@@ -72,7 +79,9 @@ def evaluate_model(
         n += out_b
     metrics: dict[str, float | str | list] = {"mse": sq_err / n, "elbo": elbo / n, "num_test": n}
     if has_operators(model):
-        metrics |= operator_metrics(model.transport)
+        metrics |= {"num_operators": model.transport.num_operators} | operator_metrics(model.transport)
+    if getattr(model, "anchor_labels", None) is not None:  # class-matched anchors: N_a per class
+        metrics["anchors_per_class"] = int(model.anchors_per_class)
     test = encode_split(model, dm.test_dataloader())
     if dm.num_classes > 1:
         train = encode_split(model, dm.train_dataloader())
@@ -83,6 +92,8 @@ def evaluate_model(
     metrics |= mnist_metrics(model, dm, seed=0, cache_dir=classifier_cache, matched_variation=matched_variation)
     metrics |= comparative_metrics(model, dm, matched_variation=matched_variation, seed=0)
     metrics |= path_metrics(model, dm, seed=0)
+    if ll_points > 0:
+        metrics |= split_log_likelihood(model, dm, num_points=ll_points, num_samples=ll_samples, seed=ll_seed)
     return metrics
 
 

@@ -46,9 +46,14 @@ class LatentModel(Protocol):
     def sample_prior(self, num_samples: int, labels: Tensor | None = None) -> Tensor:
         """z ~ p(z), or z_n ~ p(z | labels_n) for a class-conditional prior (labels (num_samples,)).  -> (N, d)."""
 
-    def log_weights(self, x: Tensor, num_samples: int) -> Tensor:
+    def log_weights(
+        self, x: Tensor, num_samples: int, *, labels: Tensor | None = None, anchors: Tensor | None = None
+    ) -> Tensor:
         """log p(x | z_s) + log p(z_s) - log q(z_s | x) for z_s ~ q(z | x): the integrand of eq. 4, whose
-        log-mean-exp over s is an importance-sampled bound on log p(x).  -> (B, S), float64."""
+        log-mean-exp over s is an importance-sampled bound on log p(x) (``vaells.evaluation.likelihood``).
+        ``labels`` (B,) and ``anchors`` (B, N_a, *input_shape) are the batch's classes and per-sample anchors,
+        for a class-conditional prior (VAELLS, eq. 8); models whose prior needs neither ignore them.
+        -> (B, S), float64."""
 
     def batch_scores(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Batch means of ``mse`` (per data dimension, reconstructions of a posterior sample) and ``elbo`` (the
@@ -155,7 +160,11 @@ class VariationalModel(ModelBase):
         """z ~ p(z); ``labels`` are ignored (the baselines' priors are not class-conditional).  -> (N, d)."""
         return self.prior().sample(torch.Size([num_samples]))
 
-    def log_weights(self, x: Tensor, num_samples: int) -> Tensor:
+    def log_weights(
+        self, x: Tensor, num_samples: int, *, labels: Tensor | None = None, anchors: Tensor | None = None
+    ) -> Tensor:
+        """The exact log-weights of eq. 4 with q and p in closed form; ``labels`` and ``anchors`` are ignored
+        (the baselines' priors are not class-conditional).  -> (B, S)."""
         q = self.posterior(x)
         z = q.sample(torch.Size([num_samples]))  # (S, B, d)
         x_hat = self.decode(z.flatten(0, 1))  # (S * B, *input_shape)

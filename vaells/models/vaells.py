@@ -16,8 +16,14 @@ from torch import Tensor, nn
 from vaells.distributions import AnchorPrior, TransportPosterior
 from vaells.inference import CoefficientSolver, InferenceResult, infer_jointly, restart_inits
 from vaells.models.base import ModelBase
+from vaells.models.importance import importance_samples, importance_terms
 from vaells.models.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
-from vaells.objectives import LossWeights, check_finite_loss, reconstruction_error, vaells_loss
+from vaells.objectives import (
+    LossWeights,
+    check_finite_loss,
+    reconstruction_error,
+    vaells_loss,
+)
 from vaells.transport import TransportOperator
 
 PHASE_CODES = {WARMUP: 0, NET: 1, PSI: 2, JOINT: 3}
@@ -172,11 +178,17 @@ class VAELLSModule(ModelBase):
             per_sample = per_class[labels.to(anchors.device).long()]  # (N, N_a, d)
         return AnchorPrior(per_sample, self.transport, self.coeff_scale, self.noise_std).rsample()
 
-    def log_weights(self, x: Tensor, num_samples: int) -> Tensor:
-        raise NotImplementedError(
-            "VAELLS's q(z|x) and p(z) are known only at their inferred coefficients c_hat (eq. 7), so exact "
-            "importance weights log p(x|z) + log p(z) - log q(z|x) are not implemented"
-        )
+    @torch.no_grad()
+    def log_weights(
+        self, x: Tensor, num_samples: int, *, labels: Tensor | None = None, anchors: Tensor | None = None
+    ) -> Tensor:
+        """The log-weights of the importance-sampled likelihood (docs/method.md §3), where q(z|x) and p(z) are
+        taken at their MAP coefficients (eq. 7-8): log p(x | z_k) + log p(z_k) - log q(z_k | x), z_k ~ q(z | x).
+        The prior is class-conditional: ``labels`` (B,) pick each point's class anchors, or ``anchors``
+        (B, N_a, *input_shape) are its own (rotated MNIST).  -> (B, S), float64."""
+        samples = importance_samples(self, x, num_samples, labels=labels, anchors=anchors)
+        terms = importance_terms(self, x, samples)
+        return terms["log_lik"] + terms["log_prior"] - terms["log_posterior"]
 
     @torch.no_grad()
     def batch_scores(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
