@@ -14,6 +14,7 @@ from vaells.evaluation.comparison import comparative_metrics
 from vaells.evaluation.images import mnist_metrics
 from vaells.evaluation.latent import continuity, knn_accuracy, trustworthiness
 from vaells.models.base import has_operators
+from vaells.progress import stage, track
 from vaells.transport import TransportOperator, operator_reading
 
 #: Where the image metrics' digit classifier is cached between evaluations (git-ignored data/ of the checkout).
@@ -62,7 +63,7 @@ def evaluate_model(
     model.eval()
     dm.setup("test")
     sq_err, elbo, n = 0.0, 0.0, 0
-    for batch in dm.test_dataloader():
+    for batch in track(dm.test_dataloader(), "test split: mse, elbo (batches)"):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         scores = model.batch_scores(batch)
         out_b = batch["x"].shape[0]
@@ -72,15 +73,17 @@ def evaluate_model(
     metrics: dict[str, float | str | list] = {"mse": sq_err / n, "elbo": elbo / n, "num_test": n}
     if has_operators(model):
         metrics |= operator_metrics(model.transport)
-    test = encode_split(model, dm.test_dataloader())
-    if dm.num_classes > 1:
-        train = encode_split(model, dm.train_dataloader())
-        metrics["knn_accuracy"] = knn_accuracy(train["mu"], train["label"], test["mu"], test["label"], k=5)
-    if "coords" in test:
-        metrics["trustworthiness"] = trustworthiness(test["coords"], test["mu"], k=10)
-        metrics["continuity"] = continuity(test["coords"], test["mu"], k=10)
+    with stage("latent structure: knn_accuracy, trustworthiness, continuity"):
+        test = encode_split(model, dm.test_dataloader())
+        if dm.num_classes > 1:
+            train = encode_split(model, dm.train_dataloader())
+            metrics["knn_accuracy"] = knn_accuracy(train["mu"], train["label"], test["mu"], test["label"], k=5)
+        if "coords" in test:
+            metrics["trustworthiness"] = trustworthiness(test["coords"], test["mu"], k=10)
+            metrics["continuity"] = continuity(test["coords"], test["mu"], k=10)
     metrics |= mnist_metrics(model, dm, seed=0, cache_dir=classifier_cache, matched_variation=matched_variation)
-    metrics |= comparative_metrics(model, dm, matched_variation=matched_variation, seed=0)
+    with stage("comparative metrics"):
+        metrics |= comparative_metrics(model, dm, matched_variation=matched_variation, seed=0)
     return metrics
 
 
