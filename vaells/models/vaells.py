@@ -281,8 +281,8 @@ class VAELLSModule(ModelBase):
             log.info("batch %d: warm-up, the autoencoder alone, until batch %d", step, self.schedule.warmup_steps)
         else:
             lr = self.optimizers()[0].param_groups[0]["lr"]
-            log.info("batch %d: VAELLS phase (solvers, anchor prior and operators on): %s; network lr %.3g", step,
-                     self.schedule.describe_vaells(), lr)
+            log.info("batch %d: VAELLS phase (coefficient inference and the anchor prior from here on): %s; "
+                     "network lr %.3g", step, self.schedule.describe_vaells(), lr)
 
     def _warmup_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Autoencoder-only warm-up: a small Laplace scale, no latent noise, the recon term alone."""
