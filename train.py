@@ -1,5 +1,6 @@
 """Train VAELLS or a baseline: ``python train.py [experiment=swiss_roll|...] [model=vaells|vae|...] [key=value ...]``,
-then score the final model on the test split into the run's ``metrics.json`` (``evaluate=false``: skip)."""
+then score the final model on the test split into the run's ``metrics.json`` (``evaluate=false``: skip).
+``python train.py --help`` lists the experiments, models, data sets and common overrides."""
 
 from __future__ import annotations
 
@@ -10,41 +11,81 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vaells.builders import build_datamodule, build_model
 from vaells.evaluation.likelihood import likelihood_settings
 from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, write_metrics
 from vaells.figures.images import save_matched_ring
+from vaells.progress import format_scalars, quiet_known_messages
+from vaells.runs import (
+    SETTING_ERRORS,
+    check_data_choice,
+    checkpoint_lines,
+    config_summary,
+    fail_before_work,
+    resolve_checkpoint,
+    run_record,
+)
 
 log = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    quiet_known_messages()
     torch.set_num_threads(cfg.threads)
-    pl.seed_everything(cfg.seed, workers=True)
-    ll_settings = likelihood_settings(cfg)  # checked before training
-    dm = build_datamodule(cfg)
-    model = build_model(cfg, dm)
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    hydra_cfg = HydraConfig.get()
+    out = hydra_cfg.runtime.output_dir
+    record = run_record(hydra_cfg)
+    fast_dev_run = bool(cfg.trainer.get("fast_dev_run"))
+    try:  # everything that can refuse the settings, before any training or any file beyond Hydra's own
+        check_data_choice(record, CONF_DIR)
+        if fast_dev_run and OmegaConf.select(cfg, "model.schedule.warmup_steps"):
+            # A smoke run is one batch: without this it would be an autoencoder batch that never reaches the
+            # coefficient solvers, the anchor prior or the operators.
+            log.info("fast_dev_run: the warm-up of %d batches is skipped", cfg.model.schedule.warmup_steps)
+            cfg.model.schedule.warmup_steps = 0
+        ll_settings = likelihood_settings(cfg)
+        pl.seed_everything(cfg.seed, workers=True)
+        dm = build_datamodule(cfg)
+        model = build_model(cfg, dm)
+        model.run_config["run"] = record  # evaluate.py reports the experiment, model and overrides with it
+        ckpt_path = resolve_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+        callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
+        logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    except SETTING_ERRORS as err:
+        fail_before_work(out, err, root=Path.cwd())
+    log.info("configuration:\n%s", config_summary(cfg, record, out, model))
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
+    if logger and not fast_dev_run:
+        # The whole run config in the logger's hparams (TensorBoard's hparams.yaml and HPARAMS tab); the data
+        # modules keep theirs out of it (save_hyperparameters(logger=False)), which were only the data keys.
+        logger.log_hyperparams(model.run_config)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     elapsed = time.perf_counter() - start
-    out = hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
-    # Logged, so the run's own train.log keeps the time next to its config.
+    # Logged, so the run's own train.log keeps the time and the checkpoints next to its config.
     log.info("fit took %.0f s (%.1f min), %d batches", elapsed, elapsed / 60, model.batch_counter)
-    print(f"\nTraining took {elapsed:.0f} s ({elapsed / 60:.1f} min).\nRun directory: {out}\n"
-          f"Evaluate with: python evaluate.py ckpt_path={out}/checkpoints/last.ckpt")
+    log.info("last training batch: %s", format_scalars(trainer.callback_metrics, "train/"))
+    for line in [] if fast_dev_run else checkpoint_lines(trainer):
+        log.info(line)
+    print(f"\nTraining took {elapsed:.0f} s ({elapsed / 60:.1f} min).\nRun directory: {out}")
+    if (Path(out) / "checkpoints" / "last.ckpt").is_file():
+        print(f"Evaluate with: python evaluate.py ckpt_path={out}")
+    else:
+        print("No checkpoint was written" + (" (a fast_dev_run writes none)." if fast_dev_run else "."))
     # The final model (last.ckpt) on the test split, as evaluate.py scores it (figures: LatentFigures at fit end);
     # a fast_dev_run is a smoke test and is not scored.
-    if cfg.evaluate and not cfg.trainer.get("fast_dev_run"):
+    if cfg.evaluate and not fast_dev_run:
         metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation,
                                  **ll_settings)
         save_matched_ring(model, dm, metrics, Path(out) / "figures")
-        path = write_metrics(metrics, out)
+        path = write_metrics({**record, **metrics}, out)
         log.info("test metrics:\n%s", format_metrics(metrics))
         print(f"Test metrics of the final model: {path}")
 

@@ -25,7 +25,8 @@ torch.set_num_threads(1)
 
 def compose_train(overrides: list[str], out_dir: Path, latent_figures: bool = False) -> DictConfig:
     """Compose ``conf/train.yaml`` with ``overrides``; every ``${hydra:runtime.output_dir}`` path is pointed at
-    ``out_dir`` so the config resolves outside a Hydra run. ``latent_figures=False`` drops that callback."""
+    ``out_dir`` so the config resolves outside a Hydra run. ``latent_figures=False`` drops that
+    callback."""
     paths = [
         f"trainer.default_root_dir={out_dir}",
         f"logger.save_dir={out_dir}/tensorboard",
@@ -95,3 +96,13 @@ def fit_calls(monkeypatch) -> list[pl.LightningModule]:
 
     monkeypatch.setattr(pl.Trainer, "fit", spy)
     return calls
+
+
+def documented_metrics() -> set[str]:
+    """The metric keys that README.md's "What evaluate.py reports" table explains (first column, in backticks)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## What evaluate.py reports", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([a-z_]+)`", row)}

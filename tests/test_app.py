@@ -68,7 +68,8 @@ def test_experiments_are_discovered() -> None:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(experiment: str, tmp_path: Path) -> None:
-    cfg = compose_train([f"experiment={experiment}"], tmp_path, latent_figures=True)
+    data = [f"data.path={_tensor_file(tmp_path / 'data.npz')}"] if experiment == "tensor_file" else []
+    cfg = compose_train([f"experiment={experiment}", *data], tmp_path, latent_figures=True)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     for node in ("data", "model", "trainer", "logger"):
         assert "_target_" in resolved[node], node
@@ -79,7 +80,7 @@ def test_every_experiment_composes_and_builds(experiment: str, tmp_path: Path) -
     body.pop("defaults", None)
     body.pop("hydra", None)  # Hydra's own settings (a sweep's grid: tests/test_sweep.py)
     assert OmegaConf.to_container(OmegaConf.merge(cfg, body), resolve=True) == resolved
-    if experiment in SYNTHETIC:  # cheap to build: catch a _target_ or argument that does not exist
+    if experiment in [*SYNTHETIC, "tensor_file"]:  # cheap to build: catch a _target_ or argument that does not exist
         dm = build_datamodule(cfg)
         model = build_model(cfg, dm)
         assert model.transport.num_operators == cfg.model.num_operators
@@ -111,16 +112,69 @@ def test_fast_dev_run(experiment: str, tmp_path: Path, cli, fit_calls) -> None:
     assert f"Run directory: {tmp_path}" in out
     saved = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
     assert saved.model.num_operators == fit_calls[0].transport.num_operators
+    # The smoke batch went through the solvers and the anchor prior (its loss term was logged) ...
+    assert "batch 0: VAELLS phase" in out
+    last_batch = next(line for line in out.splitlines() if "last training batch:" in line)
+    assert "train/prior=" in last_batch and "train/post_transport=" in last_batch
+    # ... and no checkpoint was written, so no evaluation is offered, and evaluate.py says why in one message.
+    assert "No checkpoint was written" in out and "Evaluate with" not in out
+    assert not (tmp_path / "checkpoints").exists()
+    import evaluate
+
+    code, _, err = cli(evaluate.main, f"ckpt_path={tmp_path}")
+    assert code != 0 and "holds no checkpoint (a fast_dev_run writes none)" in err and "Traceback" not in err
+    assert not (tmp_path / "evaluations").exists()
 
 
 def test_tensor_file_fast_dev_run(tmp_path: Path, cli, fit_calls) -> None:
     path = _tensor_file(tmp_path / "data.npz")
-    code, out, err = cli(train.main, "data=tensor_file", f"data.path={path}", "++trainer.fast_dev_run=true",
+    code, out, err = cli(train.main, "experiment=tensor_file", f"data.path={path}", "++trainer.fast_dev_run=true",
                          NO_FIGURES, f"hydra.run.dir={tmp_path / 'run'}")
     assert code == 0, err
     model = fit_calls[0]
     assert model.encoder.input_dim == 5 and model.decoder.output_dim == 5
     assert model.anchor_labels.tolist() == [0] * 4 + [1] * 4 and model.batch_counter >= 1
+    assert "batch 0: VAELLS phase" in out
+
+
+def _hydra_compose(overrides: list[str]):
+    """The composed config with Hydra's own node, resolvable as in a run (for ``hydra.run.dir``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            return cfg
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("model", ["vaells", "vae", "vampprior", "svae"])
+def test_tensor_file_experiment_is_filed_under_its_own_name_with_its_own_model(model: str) -> None:
+    cfg = _hydra_compose(["experiment=tensor_file", "data.path=my.npz", f"model={model}"])
+    assert cfg.hydra.run.dir.startswith(f"outputs/train/tensor_file/{model}/")
+    assert cfg.data._target_.endswith("TensorFileDataModule") and cfg.model.latent_dim == 4
+    if model == "vaells":  # conf/model_experiment/vaells_tensor_file.yaml, not the swiss roll's settings
+        assert cfg.model.num_operators == 2 and not cfg.model.schedule.alternate and not cfg.model.closest_anchor
+        assert cfg.model.schedule.warmup_steps == 0 and cfg.model.prior_solver.max_coeff == 10.0
+
+
+def test_data_tensor_file_alone_stops_and_names_the_experiment(tmp_path: Path, cli, no_fit) -> None:
+    """Without experiment=, data=tensor_file would train the swiss roll's d = 2, M = 1 model and be filed under
+    swiss_roll: refused with the command to use, and nothing is left behind."""
+    path = _tensor_file(tmp_path / "data.npz")
+    run = tmp_path / "run"
+    code, _, err = cli(train.main, "data=tensor_file", f"data.path={path}", NO_FIGURES, f"hydra.run.dir={run}")
+    assert not no_fit and code != 0
+    assert "use experiment=tensor_file" in err and "swiss_roll" in err and "Traceback" not in err, err
+    assert not run.exists()
+    # An experiment named together with other data is a choice, and passes.
+    cli(train.main, "experiment=concentric_circles", "data=swiss_roll", NO_FIGURES, f"hydra.run.dir={run}")
+    assert len(no_fit) == 1
 
 
 # -- bad input stops before training --------------------------------------------------------------------
@@ -149,33 +203,47 @@ def test_unknown_experiment_exits_nonzero_listing_the_options(tmp_path: Path) ->
     ],
 )
 def test_bad_settings_stop_before_training(overrides, field, tmp_path: Path, cli, no_fit) -> None:
-    code, _, err = cli(train.main, *overrides, NO_FIGURES, f"hydra.run.dir={tmp_path}")
+    run = tmp_path / "outputs" / "train" / "x" / "vaells" / "run"
+    code, _, err = cli(train.main, *overrides, NO_FIGURES, f"hydra.run.dir={run}")
     assert not no_fit, "training started"
     assert code != 0
-    assert field in _message(err), err
+    assert field in _message(err) and "Traceback" not in err, err
+    assert not run.exists()  # no .hydra/ and empty train.log left behind
+
+
+def test_a_failed_run_in_a_used_folder_leaves_a_failed_marker(tmp_path: Path, cli, no_fit) -> None:
+    run = tmp_path / "run"
+    (run / "notes").mkdir(parents=True)  # something that was there before: the folder is not removed
+    code, _, err = cli(train.main, "model.num_operators=0", NO_FIGURES, f"hydra.run.dir={run}")
+    assert code != 0 and not no_fit
+    assert (run / "notes").is_dir() and "num_operators" in (run / "FAILED").read_text()
+    assert str(run / "FAILED") in err
 
 
 def test_tensor_file_without_x_stops_before_training(tmp_path: Path, cli, no_fit) -> None:
     path = _tensor_file(tmp_path / "data.npz", with_x=False)
-    code, _, err = cli(train.main, "data=tensor_file", f"data.path={path}", NO_FIGURES, f"hydra.run.dir={tmp_path}")
+    run = tmp_path / "run"
+    code, _, err = cli(train.main, "experiment=tensor_file", f"data.path={path}", NO_FIGURES, f"hydra.run.dir={run}")
     assert not no_fit and code != 0
     assert "'x'" in _message(err) and str(path) in _message(err), err
+    assert not run.exists()
 
 
-def test_last_checkpoint_is_the_final_epoch(tmp_path: Path, cli) -> None:
-    """last.ckpt holds the final model even when the last epochs neither validate nor improve val/loss
-    (Lightning's save_last alone left it at the last improving validation epoch)."""
+def test_last_checkpoint_is_the_final_epoch_and_a_short_run_has_a_best(tmp_path: Path, cli) -> None:
+    """last.ckpt holds the final model (Lightning's save_last alone left it at the last improving validation
+    epoch), and a run shorter than the validation interval still validates at its last epoch, so it writes
+    best-epoch=NNN.ckpt."""
     run = tmp_path / "run"
     code, _, err = cli(train.main, "experiment=concentric_circles", "data.num_test_per_class=40",
-                       "++trainer.max_epochs=3", "++trainer.check_val_every_n_epoch=2",
+                       "++trainer.max_epochs=3", "++trainer.check_val_every_n_epoch=5",
                        "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=1", NO_FIGURES,
                        "evaluate=false", f"hydra.run.dir={run}")
     assert code == 0, err
     assert not (run / "metrics.json").exists()  # evaluate=false: no test metrics
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert last["epoch"] == 2  # epochs 0, 1 (validated), 2 (not validated)
+    assert last["epoch"] == 2  # epochs 0, 1, 2 (the last, validated although 3 < 5)
     assert last["vaells"]["batch_counter"] == 3 * 3
-    assert [p.name for p in (run / "checkpoints").glob("best-epoch=*.ckpt")] == ["best-epoch=001.ckpt"]
+    assert [p.name for p in (run / "checkpoints").glob("best-epoch=*.ckpt")] == ["best-epoch=002.ckpt"]
 
 
 # -- evaluate.py ----------------------------------------------------------------------------------------

@@ -267,7 +267,7 @@ def test_baselines_train_on_a_tensor_file(tmp_path: Path, cli, fit_calls) -> Non
     path = tmp_path / "data.npz"
     rng = np.random.default_rng(0)
     np.savez(path, x=rng.normal(size=(200, 5)).astype(np.float32), labels=np.repeat([0, 1], 100))
-    code, _, err = cli(train.main, "-m", "data=tensor_file", f"data.path={path}", "model=vae,vampprior,svae",
+    code, _, err = cli(train.main, "-m", "experiment=tensor_file", f"data.path={path}", "model=vae,vampprior,svae",
                        "++trainer.fast_dev_run=true", NO_FIGURES, f"hydra.sweep.dir={tmp_path / 'runs'}")
     assert code == 0, err
     assert [type(m) for m in fit_calls] == list(BASELINES.values())

@@ -5,6 +5,7 @@ image metric lands in its range and can fail. No network, no files outside the r
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, compose_train, write_mnist_fixture
+from conftest import ROOT, compose_train, documented_metrics, write_mnist_fixture
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from torch import Tensor, nn
@@ -133,6 +134,24 @@ def test_fast_dev_run(experiment: str, cli_runs) -> None:
     assert code == 0, err[-3000:]
     assert f"Run directory: {run_dir}" in out
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    # The warm-up is skipped, so the one batch reaches the coefficient solvers and the anchor prior, whose loss
+    # terms it logs; no checkpoint is written, and none is offered for evaluation.
+    log = (run_dir / "train.log").read_text()
+    assert "fast_dev_run: the warm-up of" in log and "batch 0: VAELLS phase" in log
+    last_batch = next(line for line in log.splitlines() if "last training batch:" in line)
+    assert "train/prior=" in last_batch and "train/post_transport=" in last_batch, last_batch
+    assert "No checkpoint was written" in out and "Evaluate with" not in out
+
+
+@pytest.mark.parametrize("name", ["rotated_mnist", "natural_mnist", "baselines", "missing"])
+def test_output_is_plain_lines_without_library_chatter(name: str, cli_runs) -> None:
+    """Piped output (not a terminal): progress as lines, no carriage returns, and neither Lightning's litlogger
+    advertisement nor torch's LeafSpec deprecation warning from Lightning's pytree helper."""
+    _, out, err, _ = cli_runs[name]
+    assert "\r" not in out + err
+    assert "litlogger" not in out + err and "LeafSpec" not in out + err
+    if name != "missing":
+        assert re.search(r"epoch 1/1 batch 1/1 .*train/loss=", out), out[-2000:]
 
 
 def test_every_baseline_fast_dev_runs_on_both_experiments(cli_runs) -> None:
@@ -152,6 +171,10 @@ def test_missing_data_names_the_path_and_data_root(cli_runs) -> None:
     assert str(empty / "MNIST" / "raw") in err
     assert "data.root" in err and all(name in err for name in MNIST_RAW_FILES)
     assert "Run directory" not in out  # it stopped before training
+    # One message, as for a bad tensor file, and no run folder left behind.
+    assert "Traceback" not in err and err.count("MNIST not found") == 1, err
+    removed = re.search(r"removed its folder (\S+)\)", err)
+    assert removed and removed.group(1).endswith("missing") and not Path(removed.group(1)).exists(), err
 
 
 # -- rotation metrics ------------------------------------------------------------------------------------
@@ -207,6 +230,7 @@ def test_rotation_metrics_pass_for_a_rotation_and_fail_without_one(mnist_root: P
     assert bad["rotation_ceiling"] > 0.99  # the same perfect autoencoder ...
     assert bad["rotation_match"] < 0.8 * bad["rotation_ceiling"]  # ... but its operator does not rotate
     assert bad["rotation_order"] < 0.5
+    assert set(good) <= documented_metrics()  # README, "What evaluate.py reports"
 
 
 def test_rotation_share_matched_of_a_rotating_model_and_of_an_untrained_baseline(mnist_root: Path,
@@ -220,6 +244,7 @@ def test_rotation_share_matched_of_a_rotating_model_and_of_an_untrained_baseline
     metrics = comparative_metrics(build_model(cfg, dm), dm, num_digits=6)
     assert set(metrics) == {"rotation_share_matched", "matched_spread", "matched_variation"}
     assert 0.0 <= metrics["rotation_share_matched"] <= 1.0
+    assert set(metrics) <= documented_metrics()
 
 
 def test_untrained_model_scores_low_on_rotation(mnist_root: Path, tmp_path: Path) -> None:
@@ -308,6 +333,7 @@ def test_mnist_metrics_on_an_untrained_natural_model(mnist_root: Path, tmp_path:
     # Untrained, Psi still is its random start: the two matched searches are the same computation.
     for k in matched:
         assert metrics[k] == metrics[f"{k}_init_psi"]
+    assert set(metrics) <= documented_metrics()
     assert metrics["matched_spread"] > 0 and math.isfinite(metrics["matched_variation"])
     assert mnist_metrics(model, object()) == {}  # other data: nothing to add
 

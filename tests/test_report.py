@@ -77,3 +77,19 @@ def test_report_puts_a_table2_multirun_in_the_papers_layout(tmp_path: Path) -> N
     assert header.startswith("| table2_row | M | N_a | LL ± stderr | mse | elbo |")
     assert "log_likelihood_stderr" not in header
     assert "| M4_Na12 | 4 | 12 | -603 ± 2.5 | 0.033 | -9.5 |" in "\n".join(markdown)
+
+
+def test_evaluations_are_reported_with_the_record_in_their_metrics(tmp_path: Path) -> None:
+    """evaluate.py writes RUN/evaluations/<time>/metrics.json, whose .hydra/ holds evaluate.py's own overrides
+    (ckpt_path=...): the swept values come from the run's record in metrics.json instead."""
+    for i, model in enumerate(["vaells", "vae"]):
+        folder = tmp_path / f"run{i}" / "evaluations" / "t"
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- ckpt_path=run{i}\n")
+        record = {"experiment": "swiss_roll", "model": model, "overrides": {"model": model, "seed": "3"}}
+        (folder / "metrics.json").write_text(json.dumps({**record, "mse": 0.1 * (i + 1), "ckpt_path": "x"}))
+    main([str(tmp_path)])
+    with open(tmp_path / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["model", "mse", "run"]  # experiment and seed did not vary; no ckpt_path column
+    assert [r["model"] for r in rows] == ["vaells", "vae"]

@@ -1,9 +1,10 @@
 """Aggregate the runs of a folder: ``python -m vaells.report MULTIRUN_DIR``.
 
 Every run below the folder that wrote a ``metrics.json`` (``train.py`` does, for each job of a multirun; so does
-``evaluate.py``) becomes a row: first the values that differ between the runs' command-line overrides (what the
-sweep varied, e.g. ``model``), then every scalar metric, led by those of the paper's Table 2 where the runs have
-them (M, N_a, the log-likelihood with its standard error, mse), then the run's folder. Written into the folder:
+``evaluate.py``, into ``RUN/evaluations/<date_time>/``) becomes a row: first the values that differ between the
+runs' experiment, model and command-line overrides (what the sweep varied, e.g. ``model``; recorded in
+``metrics.json``), then every scalar metric, led by those of the paper's Table 2 where the runs have them (M, N_a,
+the log-likelihood with its standard error, mse), then the run's folder. Written into the folder:
 ``report.csv``, ``report.md`` and, when the runs drew their figures, ``comparison.png``: each run's latent panel
 side by side (the paper's Fig. 2 and 4) and, for image data, its posterior ring at the matched variation (Fig. 5
 and 7).
@@ -25,8 +26,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-#: Metric entries that are not a score of the model.
-SKIPPED = ("ckpt_path",)
+#: Metric entries that are not a score of the model (the run's record is read by ``overrides``).
+SKIPPED = ("ckpt_path", "experiment", "model")
 #: Metrics that lead the table where the runs have them, in the layout of the paper's Table 2, with their
 #: headers in ``report.md``; there the log-likelihood and its standard error share one cell.
 LEADING = {"num_operators": "M", "anchors_per_class": "N_a", "log_likelihood": "LL ± stderr",
@@ -45,7 +46,12 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def overrides(run: Path) -> dict[str, str]:
-    """The run's command-line overrides (``.hydra/overrides.yaml``) as {key: value}; {} without them."""
+    """The run's experiment, model and command-line overrides as {key: value}, as its ``metrics.json`` records
+    them; for runs scored before it did, the overrides of ``.hydra/overrides.yaml``; {} without either."""
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    if isinstance(metrics.get("overrides"), dict):
+        record = {k: metrics[k] for k in ("experiment", "model") if metrics.get(k) is not None}
+        return {**record, **{k: str(v) for k, v in metrics["overrides"].items()}}
     path = run / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return {}

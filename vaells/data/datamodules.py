@@ -118,7 +118,7 @@ class SwissRollDataModule(_InMemoryDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the logger gets the whole run config (train.py)
         _check_anchor_count(anchors_per_class, num_train)
         seeds = split_seeds(seed)
         kwargs = dict(noise_std=noise_std, ambient_dim=ambient_dim, projection_seed=projection_seed)
@@ -169,7 +169,7 @@ class ConcentricCirclesDataModule(_InMemoryDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the logger gets the whole run config (train.py)
         _check_anchor_count(anchors_per_class, num_train_per_class)
         seeds = split_seeds(seed)
         kwargs = dict(noise_std=noise_std, ambient_dim=ambient_dim, projection_seed=projection_seed)
@@ -281,7 +281,7 @@ class TensorFileDataModule(_InMemoryDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the logger gets the whole run config (train.py)
         if anchors_per_class < 1:
             raise ValueError(f"data.anchors_per_class must be at least 1, got {anchors_per_class}")
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):

@@ -305,7 +305,7 @@ class MNISTDataModule(_MNISTDataModule):
     def __init__(self, root: str = "data/", anchors_per_class: int = 8, batch_size: int = 32, seed: int = 0,
                  num_workers: int = 0, download: bool = True) -> None:
         super().__init__(root, anchors_per_class, batch_size, seed, num_workers, download)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the logger gets the whole run config (train.py)
 
     def _build(self, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
                test: tuple[Tensor, Tensor]) -> None:
@@ -340,7 +340,7 @@ class RotatedMNISTDataModule(_MNISTDataModule):
         self.max_angle = max_angle
         self.anchor_angles = evenly_spaced_angles(anchors_per_class)  # (N_a,)
         self.collate_fn = partial(_collate_rotated, anchor_angles=self.anchor_angles)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the logger gets the whole run config (train.py)
 
     def _build(self, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
                test: tuple[Tensor, Tensor]) -> None:
@@ -383,7 +383,7 @@ class RotatedSmallDigitsDataModule(RotatedMNISTDataModule):
                  download: bool = False) -> None:
         # root and download are accepted (and unused) so that experiments written for MNIST compose with it.
         super().__init__("", anchors_per_class, batch_size, seed, max_angle, num_workers, False, epoch_size)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the logger gets the whole run config (train.py)
 
     def prepare_data(self) -> None:
         pass  # bundled with scikit-learn

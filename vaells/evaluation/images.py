@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from vaells.data.mnist import MNISTDataModule, RotatedMNISTDataModule, rotate
 from vaells.models.base import has_operators
+from vaells.progress import stage
 
 #: The issue's angle grid, degrees.
 ROTATION_ANGLES = tuple(range(-90, 91, 15))
@@ -411,19 +412,23 @@ def mnist_metrics(
             return {}
         pick = seeded_pick(len(dm.test_set), num_digits or 100, seed)
         digits = torch.stack([dm.test_set[int(i)]["digit"] for i in pick])  # upright, padded: (N, 1, 32, 32)
-        return rotation_metrics(model, digits, seed=seed)
+        with stage(f"rotation metrics ({len(pick)} upright test digits)"):
+            return rotation_metrics(model, digits, seed=seed)
     x_train, y_train = dataset_tensors(dm.train_set)
     x_test, y_test = dataset_tensors(dm.test_set)
-    clf = cached_classifier(x_train, y_train, steps=classifier_steps, seed=seed, cache_dir=cache_dir)
-    accuracy = float((predict(clf, x_test) == y_test).float().mean())
+    with stage(f"digit classifier ({classifier_steps} batches, or from its cache) and classifier_accuracy"):
+        clf = cached_classifier(x_train, y_train, steps=classifier_steps, seed=seed, cache_dir=cache_dir)
+        accuracy = float((predict(clf, x_test) == y_test).float().mean())
     pick = seeded_pick(x_test.shape[0], num_digits or 1000, seed)
     x_pick, y_pick = x_test[pick], y_test[pick]
-    preservation = class_preservation(model, clf, x_pick, y_pick, num_samples=num_samples, seed=seed)
-    ceiling = class_preservation_ceiling(model, clf, x_pick, y_pick)
+    with stage(f"class_preservation and its ceiling ({len(pick)} test digits)"):
+        preservation = class_preservation(model, clf, x_pick, y_pick, num_samples=num_samples, seed=seed)
+        ceiling = class_preservation_ceiling(model, clf, x_pick, y_pick)
     out = {"classifier_accuracy": accuracy, "class_preservation": preservation,
            "class_preservation_ceiling": ceiling}
-    out |= class_preservation_matched(model, clf, x_pick, y_pick, target=matched_variation,
-                                      num_samples=num_samples, seed=seed)
+    with stage("class_preservation_matched (searching the spread)"):
+        out |= class_preservation_matched(model, clf, x_pick, y_pick, target=matched_variation,
+                                          num_samples=num_samples, seed=seed)
     if not has_operators(model):
         return out
     # The same model with every operator reset to its random start: what the learned operators add.
@@ -431,7 +436,8 @@ def mnist_metrics(
     with torch.no_grad():
         init_model.transport.psi.copy_(init_model.transport.psi_init)
     if bool(torch.isfinite(init_model.transport.psi).all()):
-        init = class_preservation_matched(init_model, clf, x_pick, y_pick, target=matched_variation,
-                                          num_samples=num_samples, seed=seed)
+        with stage("class_preservation_matched with Psi at its random start (*_init_psi)"):
+            init = class_preservation_matched(init_model, clf, x_pick, y_pick, target=matched_variation,
+                                              num_samples=num_samples, seed=seed)
         out |= {f"{k}_init_psi": v for k, v in init.items()}
     return out

@@ -16,6 +16,7 @@ from vaells.evaluation.latent import continuity, knn_accuracy, trustworthiness
 from vaells.evaluation.likelihood import split_log_likelihood
 from vaells.evaluation.paths import path_metrics
 from vaells.models.base import has_operators
+from vaells.progress import stage, track
 from vaells.transport import TransportOperator, operator_reading
 
 #: Where the image metrics' digit classifier is cached between evaluations (git-ignored data/ of the checkout).
@@ -70,7 +71,7 @@ def evaluate_model(
     model.eval()
     dm.setup("test")
     sq_err, elbo, n = 0.0, 0.0, 0
-    for batch in dm.test_dataloader():
+    for batch in track(dm.test_dataloader(), "test split: mse, elbo (batches)"):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         scores = model.batch_scores(batch)
         out_b = batch["x"].shape[0]
@@ -82,16 +83,19 @@ def evaluate_model(
         metrics |= {"num_operators": model.transport.num_operators} | operator_metrics(model.transport)
     if getattr(model, "anchor_labels", None) is not None:  # class-matched anchors: N_a per class
         metrics["anchors_per_class"] = int(model.anchors_per_class)
-    test = encode_split(model, dm.test_dataloader())
-    if dm.num_classes > 1:
-        train = encode_split(model, dm.train_dataloader())
-        metrics["knn_accuracy"] = knn_accuracy(train["mu"], train["label"], test["mu"], test["label"], k=5)
-    if "coords" in test:
-        metrics["trustworthiness"] = trustworthiness(test["coords"], test["mu"], k=10)
-        metrics["continuity"] = continuity(test["coords"], test["mu"], k=10)
+    with stage("latent structure: knn_accuracy, trustworthiness, continuity"):
+        test = encode_split(model, dm.test_dataloader())
+        if dm.num_classes > 1:
+            train = encode_split(model, dm.train_dataloader())
+            metrics["knn_accuracy"] = knn_accuracy(train["mu"], train["label"], test["mu"], test["label"], k=5)
+        if "coords" in test:
+            metrics["trustworthiness"] = trustworthiness(test["coords"], test["mu"], k=10)
+            metrics["continuity"] = continuity(test["coords"], test["mu"], k=10)
     metrics |= mnist_metrics(model, dm, seed=0, cache_dir=classifier_cache, matched_variation=matched_variation)
-    metrics |= comparative_metrics(model, dm, matched_variation=matched_variation, seed=0)
-    metrics |= path_metrics(model, dm, seed=0)
+    with stage("comparative metrics"):
+        metrics |= comparative_metrics(model, dm, matched_variation=matched_variation, seed=0)
+    with stage("path metrics"):
+        metrics |= path_metrics(model, dm, seed=0)
     if ll_points > 0:
         metrics |= split_log_likelihood(model, dm, num_points=ll_points, num_samples=ll_samples, seed=ll_seed)
     return metrics

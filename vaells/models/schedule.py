@@ -52,6 +52,18 @@ class Schedule:
         k = (step - self.warmup_steps) % (self.net_steps + self.psi_steps)
         return NET if k < self.net_steps else PSI
 
+    def describe_vaells(self) -> str:
+        """The phases after the warm-up in words, for the run's log."""
+        if self.alternate:
+            return f"alternating {self.net_steps} network / {self.psi_steps} operator batches"
+        return "network and operators updated together at every batch"
+
+    def describe(self) -> str:
+        """The whole schedule in words, for the run's log."""
+        if self.warmup_steps:
+            return f"{self.warmup_steps} warm-up batches (the autoencoder alone), then {self.describe_vaells()}"
+        return self.describe_vaells()
+
     def weights(self, base: LossWeights, phase: str) -> LossWeights:
         if phase == NET:
             return base.scaled(prior=self.net_prior_scale)

@@ -7,6 +7,7 @@ update rule are all injected (Hydra builds them from ``conf/model``). The math l
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,8 @@ from vaells.objectives import (
 from vaells.transport import TransportOperator
 
 PHASE_CODES = {WARMUP: 0, NET: 1, PSI: 2, JOINT: 3}
+
+log = logging.getLogger(__name__)
 
 
 class VAELLSModule(ModelBase):
@@ -113,6 +116,7 @@ class VAELLSModule(ModelBase):
             self.anchors_per_class = int(counts[0])
         else:
             self.anchor_labels = None
+        self._logged_stage: str | None = None  # the stage last named in the log: "warm-up" or "VAELLS"
 
     # -- the model -----------------------------------------------------------------------------------
     @property
@@ -255,6 +259,7 @@ class VAELLSModule(ModelBase):
         if step == self.schedule.warmup_steps and step > 0:  # end of warm-up: the release's StepLR(0.1), once
             for group in opt_net.param_groups:
                 group["lr"] *= self.post_warmup_lr_factor
+        self._log_stage(step, phase)
         opt_net.zero_grad()
         opt_psi.zero_grad()
         if phase == WARMUP:
@@ -276,6 +281,20 @@ class VAELLSModule(ModelBase):
         self.log_dict({"train/phase": float(PHASE_CODES[phase]), "train/batch": float(step)})
         self.batch_counter += 1
         return None
+
+    def _log_stage(self, step: int, phase: str) -> None:
+        """Name the stage in the run's log when it begins (or when a resumed run picks it up): the warm-up, or
+        VAELLS proper, where the coefficient solvers, the prior and the operators come in."""
+        stage = "warm-up" if phase == WARMUP else "VAELLS"
+        if stage == self._logged_stage:
+            return
+        self._logged_stage = stage
+        if stage == "warm-up":
+            log.info("batch %d: warm-up, the autoencoder alone, until batch %d", step, self.schedule.warmup_steps)
+        else:
+            lr = self.optimizers()[0].param_groups[0]["lr"]
+            log.info("batch %d: VAELLS phase (coefficient inference and the anchor prior from here on): %s; "
+                     "network lr %.3g", step, self.schedule.describe_vaells(), lr)
 
     def _warmup_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Autoencoder-only warm-up: a small Laplace scale, no latent noise, the recon term alone."""

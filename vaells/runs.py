@@ -1,0 +1,235 @@
+"""Run folders: what ``train.py`` leaves in one, and how ``evaluate.py`` finds its way back.
+
+A training run writes ``outputs/train/<experiment>/<model>/<date_time>/`` (``conf/train.yaml``) with
+``checkpoints/last.ckpt`` (after every epoch) and ``checkpoints/best-epoch=NNN.ckpt``. ``evaluate.py`` takes a
+checkpoint, a run folder, or the folder of an experiment's runs of one model (its newest run), and writes into
+``<run>/evaluations/<date_time>/``. A run that stops on a bad setting before training leaves no folder behind
+(``discard_failed_run``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import NoReturn
+
+from hydra.errors import CompactHydraException, InstantiationException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pytorch_lightning import Callback, LightningModule, Trainer
+
+log = logging.getLogger(__name__)
+
+#: The checkpoints a run folder offers by name (``checkpoint=`` of ``conf/evaluate.yaml``).
+CHECKPOINT_NAMES = ("last", "best")
+#: What Hydra itself writes into a run folder before the job starts: a folder that holds only these is
+#: nothing but the bookkeeping of a run that never trained.
+HYDRA_BOOKKEEPING = {".hydra", "train.log", "evaluate.log"}
+#: The marker left in a folder that held more than Hydra's bookkeeping when its run failed.
+FAILED_MARKER = "FAILED"
+
+
+class UsageError(CompactHydraException):
+    """A setting or a file that stops a run before any work: Hydra prints the message alone, without a
+    traceback (``HYDRA_FULL_ERROR=1`` shows it)."""
+
+
+#: The errors that mean "these settings or files cannot run" when raised while a run is set up (data, model,
+#: trainer, checkpoint): reported as one message, with the run folder cleaned up (``fail_before_work``).
+SETTING_ERRORS = (UsageError, ValueError, FileNotFoundError, InstantiationException, OmegaConfBaseException)
+
+
+def fail_before_work(output_dir: str | Path, err: BaseException, root: Path | None = None) -> NoReturn:
+    """Stop a run whose settings were refused before any work: clean its folder (``discard_failed_run``, empty
+    folders above it removed up to ``root``) and raise ``UsageError`` with the reason and what was cleaned."""
+    if isinstance(err, UsageError | InstantiationException | OmegaConfBaseException):
+        message = str(err)
+    else:
+        message = f"{type(err).__name__}: {err}"
+    # Hydra also prints an OmegaConf cause on its own: chained, such a message would appear twice.
+    cause = None if isinstance(err, OmegaConfBaseException) else err
+    raise UsageError(f"{message}\n{discard_failed_run(output_dir, message, root)}") from cause
+
+
+def experiment_data(conf_dir: Path, experiment: str) -> str | None:
+    """The data set an experiment chooses (its ``override /data: NAME``), from ``conf/experiment/``."""
+    path = conf_dir / "experiment" / f"{experiment}.yaml"
+    if not path.is_file():
+        return None
+    for item in OmegaConf.load(path).get("defaults", []):
+        if isinstance(item, DictConfig) and "override /data" in item:
+            return str(item["override /data"])
+    return None
+
+
+def check_data_choice(record: dict, conf_dir: Path) -> None:
+    """Refuse ``data=X`` without an ``experiment=``: the run would keep the default experiment's model (the
+    swiss roll's d = 2, M = 1, ...) and be filed under its name. Naming the experiment, even with other data
+    (``experiment=rotated_mnist data=rotated_small_digits``), is a choice and passes."""
+    data = record["overrides"].get("data")
+    experiment = record["experiment"]
+    if data is None or "experiment" in record["overrides"] or data == experiment_data(conf_dir, experiment):
+        return
+    own = sorted(p.stem for p in (conf_dir / "experiment").glob("*.yaml") if experiment_data(conf_dir, p.stem) == data)
+    suggestion = f"experiment={own[0]}" if own else f"experiment=NAME data={data} (an experiment whose model fits)"
+    raise UsageError(
+        f"data={data} without experiment= would train with the default experiment's model ({experiment}) and file "
+        f"the run under outputs/train/{experiment}/; use {suggestion}"
+    )
+
+
+# -- finding a checkpoint -------------------------------------------------------------------------------
+def run_folder(path: str | Path) -> Path:
+    """The run folder of a checkpoint path or run folder (symlinks resolved): a run's ``<run>/checkpoints/x.ckpt``
+    -> ``<run>``; another file -> its folder; a folder -> itself."""
+    path = Path(path).resolve()
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def _checkpoint_in(folder: Path, which: str) -> Path | None:
+    """``folder``'s ``last.ckpt`` or (``which="best"``) its ``best-epoch=NNN.ckpt``, or None."""
+    found = sorted(folder.glob("last.ckpt" if which == "last" else "best-epoch=*.ckpt"))
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
+    """The checkpoint file that ``path`` names: a file as it is; a run folder (or its ``checkpoints/``) ->
+    ``checkpoints/last.ckpt``, or with ``which="best"`` its ``best-epoch=NNN.ckpt``; a folder of runs, such as
+    ``outputs/train/<experiment>/<model>`` -> that checkpoint of its newest run (the one written last). Raises
+    ``UsageError`` naming the path and what the folder holds."""
+    if which not in CHECKPOINT_NAMES:
+        raise UsageError(f"checkpoint={which} is not one of {', '.join(CHECKPOINT_NAMES)}")
+    given = Path(path)
+    if given.is_file():
+        return given
+    if not given.exists():
+        raise UsageError(f"ckpt_path={path} does not exist; give a run folder, a folder of runs such as "
+                         "outputs/train/<experiment>/<model> (its newest run), or a .ckpt file")
+    folder = given if given.name == "checkpoints" else given / "checkpoints"
+    runs = [] if folder.is_dir() else [run for run in sorted(given.iterdir()) if (run / "checkpoints").is_dir()]
+    if runs:  # a folder of runs
+        found = [c for c in (_checkpoint_in(run / "checkpoints", which) for run in runs) if c is not None]
+        if not found:
+            raise UsageError(f"ckpt_path={path}: none of its {len(runs)} runs has a {which} checkpoint")
+        return max(found, key=lambda c: c.stat().st_mtime)
+    found = _checkpoint_in(folder, which)
+    if found is not None:
+        return found
+    held = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    why = f"it holds {', '.join(held)}" if held else "it holds no checkpoint (a fast_dev_run writes none)"
+    raise UsageError(f"ckpt_path={path}: no {which} checkpoint in {folder}; {why}")
+
+
+def evaluation_folder(ckpt_path: str | None, which: str = "last") -> str:
+    """Where ``evaluate.py`` writes by default (``conf/evaluate.yaml``'s ``hydra.run.dir`` resolves it):
+    ``<run>/evaluations`` of the checkpoint's run, or ``outputs/evaluate`` while the path names no checkpoint
+    (the job then stops with a message and removes that folder again)."""
+    try:
+        return str(run_folder(resolve_checkpoint(ckpt_path, which)) / "evaluations")
+    except (UsageError, TypeError, OSError):  # TypeError: ckpt_path missing (None)
+        return "outputs/evaluate"
+
+
+# -- what a run was -------------------------------------------------------------------------------------
+def run_record(hydra_cfg: DictConfig) -> dict:
+    """The run's experiment and model (Hydra's choices) and its command-line overrides as {key: value}: what a
+    multirun sweeps. Stored with the run (checkpoint, metrics.json) so that an evaluation reports them."""
+    choices = hydra_cfg.runtime.choices
+    overrides = {}
+    for item in hydra_cfg.overrides.task:
+        if "=" in item:
+            key, value = item.split("=", 1)
+            overrides[key.lstrip("+~")] = value
+    return {"experiment": choices.get("experiment"), "model": choices.get("model"), "overrides": overrides}
+
+
+def saved_run_record(run: Path) -> dict:
+    """``run_record`` of a run folder from Hydra's files in ``<run>/.hydra`` ({} without them): for checkpoints
+    written before the record was stored in them."""
+    hydra_file, overrides_file = run / ".hydra" / "hydra.yaml", run / ".hydra" / "overrides.yaml"
+    if not (hydra_file.is_file() and overrides_file.is_file()):
+        return {}
+    hydra_cfg = OmegaConf.load(hydra_file).hydra
+    with_overrides = OmegaConf.create({"runtime": {"choices": OmegaConf.to_container(hydra_cfg.runtime.choices)},
+                                       "overrides": {"task": OmegaConf.load(overrides_file)}})
+    return run_record(with_overrides)
+
+
+def config_summary(cfg: DictConfig, record: dict, output_dir: str, model: object) -> str:
+    """A few lines that say what this run trains, for ``train.log``: the choices and overrides, the data, the
+    model's size, its schedule (``describe()``, where it has one) and the epochs (the full config is in
+    ``.hydra/config.yaml``)."""
+    data = {k: cfg.data[k] for k in cfg.data if k != "_target_"}
+    sizes = [f"d = {cfg.model.latent_dim}"]
+    if "num_operators" in cfg.model:
+        sizes.append(f"M = {cfg.model.num_operators}")
+    overrides = " ".join(f"{k}={v}" for k, v in record["overrides"].items()) or "none"
+    trainer = cfg.trainer
+    lines = [
+        f"run folder: {output_dir}",
+        f"experiment={record['experiment']} model={record['model']} (overrides: {overrides})",
+        f"data: {cfg.data._target_.rsplit('.', 1)[-1]}("
+        + ", ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, DictConfig | ListConfig)) + ")",
+        f"model: {type(model).__name__}, " + ", ".join(sizes) + f", seed {cfg.seed}",
+    ]
+    if hasattr(model, "schedule"):
+        lines.append(f"schedule: {model.schedule.describe()}")
+    lines.append(f"trainer: {trainer.max_epochs} epochs, validation every {trainer.check_val_every_n_epoch} epochs"
+                 + (" and at the last" if OmegaConf.select(cfg, "callbacks.validate_last_epoch") else "")
+                 + (" (fast_dev_run: one batch of each loop, no checkpoints)" if trainer.get("fast_dev_run") else ""))
+    return "\n".join(lines)
+
+
+# -- after a run ----------------------------------------------------------------------------------------
+def checkpoint_lines(trainer: Trainer) -> list[str]:
+    """Where this run's checkpoints went, one line per checkpoint callback (for ``train.log``)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    lines = []
+    for cb in trainer.checkpoint_callbacks:
+        if not isinstance(cb, ModelCheckpoint):
+            continue
+        if cb.monitor is None:
+            lines.append(f"checkpoint of the final state: {cb.best_model_path or 'none written'}")
+        elif cb.best_model_path:
+            lines.append(f"checkpoint with the best {cb.monitor} ({float(cb.best_model_score):.4g}): "
+                         f"{cb.best_model_path}")
+        else:
+            lines.append(f"checkpoint with the best {cb.monitor}: none written (no validation logged it)")
+    return lines
+
+
+def discard_failed_run(output_dir: str | Path, message: str, root: Path | None = None) -> str:
+    """Clean up after a run that stopped before any work. A folder that holds only Hydra's bookkeeping is removed,
+    and so are the folders above it that are left empty, strictly below ``root`` (e.g. ``outputs``: the
+    ``outputs/train/<experiment>/<model>`` that a first run made); a folder that held more gets a ``FAILED`` file
+    with ``message`` instead. Returns what was done, for the message."""
+    folder = Path(output_dir).resolve()
+    if not folder.is_dir():
+        return ""
+    if {p.name for p in folder.iterdir()} <= HYDRA_BOOKKEEPING:
+        shutil.rmtree(folder, ignore_errors=True)
+        parent, root = folder.parent, root.resolve() if root is not None else None
+        while root is not None and root in parent.parents and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+        return f"(stopped before any work; removed its folder {folder})"
+    (folder / FAILED_MARKER).write_text(message + "\n")
+    return f"(stopped before any work; the reason is in {folder / FAILED_MARKER})"
+
+
+class ValidateLastEpoch(Callback):
+    """Validate at the last epoch too, whatever ``trainer.check_val_every_n_epoch`` says, so that every run ends
+    with a validation: its best checkpoint (``best-epoch=NNN.ckpt``) exists and has seen the final model.
+
+    Lightning decides per epoch whether ``(epoch + 1) % check_val_every_n_epoch == 0``; at the start of the last
+    epoch the interval is set to 1 for that epoch.
+    """
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
+        if last and trainer.check_val_every_n_epoch is not None:
+            trainer.check_val_every_n_epoch = 1
