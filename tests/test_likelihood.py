@@ -4,6 +4,7 @@ formula at the same samples; the settings checked before any work."""
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -144,11 +145,13 @@ def test_two_seeds_agree_within_their_standard_errors_and_leave_the_random_state
     assert log_likelihood(model, x, 20, seed=0, progress=False) == a  # a seed reproduces its number
 
 
-def test_progress_prints_plain_lines_off_a_terminal(capsys) -> None:
+def test_progress_logs_plain_lines_off_a_terminal(caplog) -> None:
     model = LinearGaussian()
-    log_likelihood(model, _data(model, 30), 4, points_per_chunk=3, progress=True)
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("log-likelihood")]
-    assert len(lines) == 10 and lines[-1].startswith("log-likelihood, 30 points x K=4: 10/10")
+    with caplog.at_level(logging.INFO, logger="vaells.progress"):
+        log_likelihood(model, _data(model, 30), 4, points_per_chunk=3, progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("log-likelihood")]
+    assert lines[0] == "log-likelihood, 30 points x K=4 ..."
+    assert lines[-1].startswith("log-likelihood, 30 points x K=4: 10/10 done in")
 
 
 def test_settings_are_checked_with_the_key_named() -> None:
