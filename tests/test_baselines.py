@@ -303,3 +303,13 @@ def test_evaluate_a_short_baseline_run(name: str, tmp_path: Path, cli) -> None:
     trained = json.loads((run / "metrics.json").read_text())
     assert {k: trained[k] for k in keys[2:]} == pytest.approx({k: metrics[k] for k in keys[2:]})
     assert trained["mse"] == pytest.approx(metrics["mse"], rel=0.05)
+
+
+def test_gaussian_posteriors_start_at_the_configured_log_variance() -> None:
+    x = torch.randn(6, 5)
+    for cls in (GaussianVAE, VampPriorVAE):
+        model = _small(cls, init_log_var=-8.0)
+        sigma = model.posterior(x).base_dist.scale  # (6, d)
+        # The head's weights add a small input-dependent part to the bias: sigma stays within a factor of ~2.
+        assert torch.all((sigma > 0.25 * math.exp(-4)) & (sigma < 4 * math.exp(-4))), sigma
+        assert _small(cls).posterior(x).base_dist.scale.min() > 0.1  # PyTorch's default bias: sigma near 1

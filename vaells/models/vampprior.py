@@ -26,6 +26,7 @@ class VampPriorVAE(GaussianVAE):
         train_inputs: (N, *input_shape) training inputs in a seeded order (from the builder): the pseudo-inputs
             start at the first K of them, cycled when N < K, and are learned in input space.
         kl_warmup_steps: the KL warm-up (Tomczak and Welling warm up over their first 100 epochs).
+        init_log_var: see ``GaussianVAE``.
         Others: see ``VariationalModel``.
     """
 
@@ -40,8 +41,10 @@ class VampPriorVAE(GaussianVAE):
         num_pseudo_inputs: int = 100,
         kl_warmup_steps: int = 0,
         beta: float = 1.0,
+        init_log_var: float | None = None,
     ) -> None:
-        super().__init__(encoder, decoder, latent_dim, recon_weight, optimizer, kl_warmup_steps, beta)
+        super().__init__(encoder, decoder, latent_dim, recon_weight, optimizer, kl_warmup_steps, beta,
+                         init_log_var=init_log_var)
         if num_pseudo_inputs < 1 or train_inputs.shape[0] < 1:
             raise ValueError(f"the VampPrior needs num_pseudo_inputs >= 1 and some training inputs, got "
                              f"{num_pseudo_inputs}, {train_inputs.shape[0]}")
