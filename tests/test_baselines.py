@@ -313,3 +313,12 @@ def test_gaussian_posteriors_start_at_the_configured_log_variance() -> None:
         # The head's weights add a small input-dependent part to the bias: sigma stays within a factor of ~2.
         assert torch.all((sigma > 0.25 * math.exp(-4)) & (sigma < 4 * math.exp(-4))), sigma
         assert _small(cls).posterior(x).base_dist.scale.min() > 0.1  # PyTorch's default bias: sigma near 1
+
+
+def test_autoencoder_warm_up_holds_the_kl_weight_at_zero_before_its_ramp() -> None:
+    model = _small(VampPriorVAE, ae_warmup_steps=3, kl_warmup_steps=2, beta=0.5)
+    weights = []
+    for step in range(7):
+        model.batch_counter = step
+        weights.append(model.kl_weight)
+    assert weights == [0.0, 0.0, 0.0, 0.0, 0.25, 0.5, 0.5]

@@ -105,6 +105,11 @@ class VariationalModel(ModelBase):
         beta: the KL weight in training after the warm-up (conf/backbone's ``prior_weight``: the weight every
             model of an experiment gives its latent prior against the reconstruction in network updates).
             Validation, ``elbo`` and the log-weights always use beta = 1, the ELBO itself.
+        ae_warmup_steps: training batches before the KL warm-up starts, with the KL weight 0: an autoencoder
+            warm-up, the one VAELLS's schedule gives its networks (``warmup_steps``). While the decoder still
+            ignores z, the reconstruction gives the encoder almost no gradient, and Adam, which normalises the
+            step size, turns even a KL at weight 1e-4 into full-size steps towards the prior: on MNIST the
+            VampPrior's posteriors collapsed onto the prior (KL 0, the mean image) in every run without it.
     """
 
     def __init__(
@@ -116,11 +121,13 @@ class VariationalModel(ModelBase):
         optimizer: Callable[..., torch.optim.Optimizer],
         kl_warmup_steps: int = 0,
         beta: float = 1.0,
+        ae_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
-        if latent_dim < 1 or not recon_weight > 0 or kl_warmup_steps < 0 or not beta > 0:
-            raise ValueError(f"need latent_dim >= 1, recon_weight > 0, kl_warmup_steps >= 0 and beta > 0, got "
-                             f"{latent_dim}, {recon_weight}, {kl_warmup_steps}, {beta}")
+        if latent_dim < 1 or not recon_weight > 0 or min(kl_warmup_steps, ae_warmup_steps) < 0 or not beta > 0:
+            raise ValueError(f"need latent_dim >= 1, recon_weight > 0, kl_warmup_steps >= 0, ae_warmup_steps >= 0 "
+                             f"and beta > 0, got {latent_dim}, {recon_weight}, {kl_warmup_steps}, {ae_warmup_steps}, "
+                             f"{beta}")
         if getattr(encoder, "latent_dim", latent_dim) != latent_dim:
             raise ValueError(f"the encoder has latent_dim={encoder.latent_dim} but the model {latent_dim}")
         if not hasattr(encoder, "widen_output"):
@@ -128,7 +135,7 @@ class VariationalModel(ModelBase):
         encoder.widen_output(self.head_outputs(latent_dim))
         self.encoder, self.decoder = encoder, decoder
         self.latent_dim, self.recon_weight, self.kl_warmup_steps = latent_dim, recon_weight, kl_warmup_steps
-        self.beta = beta
+        self.beta, self.ae_warmup_steps = beta, ae_warmup_steps
         self.optimizer_factory = optimizer
 
     # -- the model: subclasses ------------------------------------------------------------------------
@@ -181,8 +188,12 @@ class VariationalModel(ModelBase):
     # -- the objective --------------------------------------------------------------------------------
     @property
     def kl_weight(self) -> float:
-        """The KL weight in training at the current batch: the warm-up's ramp to ``beta``."""
-        ramp = min(1.0, self.batch_counter / self.kl_warmup_steps) if self.kl_warmup_steps else 1.0
+        """The KL weight in training at the current batch: 0 in the autoencoder warm-up, then the KL warm-up's
+        ramp to ``beta``."""
+        step = self.batch_counter - self.ae_warmup_steps
+        if step < 0:
+            return 0.0
+        ramp = min(1.0, step / self.kl_warmup_steps) if self.kl_warmup_steps else 1.0
         return ramp * self.beta
 
     def kl(self, q: Distribution, z: Tensor) -> Tensor:

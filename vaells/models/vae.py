@@ -38,8 +38,9 @@ class GaussianVAE(VariationalModel):
         kl_warmup_steps: int = 0,
         beta: float = 1.0,
         init_log_var: float | None = None,
+        ae_warmup_steps: int = 0,
     ) -> None:
-        super().__init__(encoder, decoder, latent_dim, recon_weight, optimizer, kl_warmup_steps, beta)
+        super().__init__(encoder, decoder, latent_dim, recon_weight, optimizer, kl_warmup_steps, beta, ae_warmup_steps)
         if init_log_var is not None:
             head = [m for m in self.encoder.modules() if isinstance(m, nn.Linear)][-1]  # (mu, log sigma^2) outputs
             with torch.no_grad():

@@ -42,9 +42,10 @@ class VampPriorVAE(GaussianVAE):
         kl_warmup_steps: int = 0,
         beta: float = 1.0,
         init_log_var: float | None = None,
+        ae_warmup_steps: int = 0,
     ) -> None:
         super().__init__(encoder, decoder, latent_dim, recon_weight, optimizer, kl_warmup_steps, beta,
-                         init_log_var=init_log_var)
+                         init_log_var=init_log_var, ae_warmup_steps=ae_warmup_steps)
         if num_pseudo_inputs < 1 or train_inputs.shape[0] < 1:
             raise ValueError(f"the VampPrior needs num_pseudo_inputs >= 1 and some training inputs, got "
                              f"{num_pseudo_inputs}, {train_inputs.shape[0]}")
