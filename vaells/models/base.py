@@ -105,11 +105,9 @@ class VariationalModel(ModelBase):
         beta: the KL weight in training after the warm-up (conf/backbone's ``prior_weight``: the weight every
             model of an experiment gives its latent prior against the reconstruction in network updates).
             Validation, ``elbo`` and the log-weights always use beta = 1, the ELBO itself.
-        ae_warmup_steps: training batches before the KL warm-up starts, with the KL weight 0: an autoencoder
-            warm-up, the one VAELLS's schedule gives its networks (``warmup_steps``). While the decoder still
-            ignores z, the reconstruction gives the encoder almost no gradient, and Adam, which normalises the
-            step size, turns even a KL at weight 1e-4 into full-size steps towards the prior: on MNIST the
-            VampPrior's posteriors collapsed onto the prior (KL 0, the mean image) in every run without it.
+        ae_warmup_steps: training batches before the KL warm-up starts, with the KL weight 0: the autoencoder
+            warm-up that VAELLS's schedule gives its networks (``warmup_steps``), so that every model starts from
+            the same kind of training.
     """
 
     def __init__(
