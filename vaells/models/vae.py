@@ -11,7 +11,6 @@ from torch.distributions import Distribution, Independent, Normal
 
 from vaells.models.base import VariationalModel
 
-
 #: The smallest log sigma^2 of a Gaussian posterior (``GaussianVAE._moments``).
 LOG_VAR_MIN = -30.0
 
