@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vaells.builders import build_datamodule, build_model, load_run
+import vaells
 from vaells.evaluation.images import (
     cached_classifier,
     class_preservation_matched,
@@ -63,13 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = {}
     print(f"{'run':<44} {'model':<24} {'own posterior':>14} {'isotropic':>10}")
     for ckpt in args.ckpts:
-        cfg, checkpoint = load_run(ckpt)
-        if args.root is not None:
-            cfg.data.root, cfg.data.download = args.root, False
-        dm = build_datamodule(cfg)
-        model = build_model(cfg, dm)
-        model.load_state_dict(checkpoint["state_dict"])
-        model.eval()
+        run = vaells.load(ckpt, data_overrides={"root": args.root, "download": False} if args.root else None)
+        model, dm = run.model, run.datamodule
         dm.setup("test")
         x_train, y_train = dataset_tensors(dm.train_set)
         x_test, y_test = dataset_tensors(dm.test_set)

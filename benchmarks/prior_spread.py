@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from vaells.builders import build_datamodule, build_model, load_run
+import vaells
 from vaells.distributions import AnchorPrior
 from vaells.evaluation.comparison import nearest_distance
 from vaells.evaluation.images import decode_chunked, evaluating
@@ -49,10 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     print(f"{'run':<48} {'b x':>6} {'manifold':>10} {'coverage':>10}")
     for ckpt in args.ckpts:
-        cfg, checkpoint = load_run(ckpt)
-        dm = build_datamodule(cfg)
-        model = build_model(cfg, dm)
-        model.load_state_dict(checkpoint["state_dict"])
+        run = vaells.load(ckpt)
+        model, dm = run.model, run.datamodule
         if not has_operators(model) or not hasattr(dm, "manifold_points"):
             sys.exit(f"{ckpt}: needs a VAELLS run on data with a known manifold (swiss roll, circles)")
         dm.setup("test")
