@@ -55,8 +55,12 @@ def _taylor_paterson_stockmeyer(a: Tensor, degree: int) -> Tensor:
     coeff = [1.0 / math.factorial(k) for k in range(degree + 1)]
 
     def block(j: int) -> Tensor:  # sum_{i < p, jp + i <= degree} A^i / (jp + i)!
-        terms = [coeff[j * p + i] * powers[i] for i in range(p) if j * p + i <= degree]
-        return torch.stack(terms).sum(0) if len(terms) > 1 else terms[0]
+        out = coeff[j * p] * powers[0]
+        for i in range(1, min(p, degree - j * p + 1)):
+            # Added one by one, not with stack().sum(): torch's reductions change their order with the batch
+            # size, and then a matrix's result would depend on its batch (a joint solve must equal separate ones).
+            out = out + coeff[j * p + i] * powers[i]
+        return out
 
     last = degree // p
     x = block(last)
