@@ -226,3 +226,43 @@ def test_ill_shaped_solver_input_raises() -> None:
     with pytest.raises(ValueError, match="c_init must have shape"):
         infer_coefficients(psi, z, z, c_init=torch.zeros(4, 3))
 
+
+# -- a convex family with a known optimum ----------------------------------------------------------------
+def _vector(scale: float):
+    return hnp.arrays(np.float64, (3,), elements=st.floats(-scale, scale))
+
+
+@given(u=_vector(2), v=_vector(2), z0=_vector(3), z1=_vector(3), l1_weight=st.sampled_from([0.0, 1e-3, 0.1]),
+       dtype=DTYPES)
+def test_solver_finds_the_closed_form_optimum_of_a_linear_residual(u, v, z0, z1, l1_weight, dtype) -> None:
+    """Psi = u v^T with v . u = 0 squares to zero, so T(c) z0 = z0 + c w with w = (v . z0) u: E is a convex
+    quadratic plus lambda |c|, minimised at c* = soft(-w . (z0 - z1), lambda) / ||w||^2. The solver reaches E(c*),
+    in float32 as in float64."""
+    v = v - (v @ u) / max(u @ u, 1e-300) * u  # v . u = 0
+    w = (v @ z0) * u
+    ww = float(w @ w)
+    if ww < 1e-2:  # a flat direction: any c is (nearly) optimal
+        return
+    g = -float(w @ (z0 - z1))
+    c_star = math.copysign(max(abs(g) - l1_weight, 0.0), g) / ww
+    if abs(c_star) > 5.0:  # keep T(c) z0 well inside float32's accuracy
+        return
+    psi = torch.as_tensor(np.outer(u, v)[None], dtype=dtype)
+    out = infer_coefficients(psi, torch.as_tensor(z0, dtype=dtype)[None], torch.as_tensor(z1, dtype=dtype)[None],
+                             c_init=torch.zeros(1, 1), l1_weight=l1_weight, max_iter=50)
+    # Judged by the energy (in float64): near a minimum E is flat in c, and the solver stops on E's resolution.
+    z0_64, z1_64 = torch.as_tensor(z0)[None], torch.as_tensor(z1)[None]
+    e_out = float(energy(psi.double(), z0_64, z1_64, out.c.double(), l1_weight))
+    e_star = float(energy(psi.double(), z0_64, z1_64, torch.tensor([[c_star]], dtype=torch.float64), l1_weight))
+    rtol, atol = (1e-5, 1e-6) if dtype == torch.float32 else (1e-10, 1e-14)
+    assert e_out <= e_star + rtol * e_star + atol, (float(out.c), c_star, e_out, e_star)
+
+
+def test_float32_solver_reaches_the_optimum_of_a_linear_residual() -> None:
+    """Regression (found by the test above): in float32 the secant term's guard clamp_min(1e-300) was 0, so its
+    first update was 0 / 0 = NaN; every later trial point was NaN and rejected, and the solver stopped after its
+    first (trust-region-capped) step at c = 1, E = 1.125, instead of c = 2.5, E = 0."""
+    psi = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+    out = infer_coefficients(psi, torch.tensor([[0.0, 1.0]]), torch.tensor([[2.5, 1.0]]), c_init=torch.zeros(1, 1),
+                             l1_weight=0.0, max_iter=50)
+    assert abs(float(out.c) - 2.5) < 1e-4 and float(out.energy) < 1e-8
