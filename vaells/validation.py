@@ -1,4 +1,4 @@
-"""The checks that a run's settings pass before any work (README, "When a setting is refused").
+"""The checks that a run's settings pass before any work (README, "Runs, evaluation and logs").
 
 ``train.py`` checks the composed config before any data loads (``check_train_config``), and the built model
 against the data's sample shape before training (``check_model_fits_data``); the data module itself checks
