@@ -32,6 +32,7 @@ from vaells.runs import (
     run_folder,
     saved_run_record,
 )
+from vaells.validation import check_data, check_evaluate_config
 
 log = logging.getLogger(__name__)
 # conf/evaluate.yaml's hydra.run.dir: the evaluation goes beside the run it evaluates.
@@ -47,6 +48,7 @@ def main(cfg: DictConfig) -> None:
         if OmegaConf.is_missing(cfg, "ckpt_path"):
             raise UsageError("ckpt_path is required: python evaluate.py ckpt_path=outputs/train/<experiment>/<model> "
                              "(its newest run), a run folder or a .ckpt file; python evaluate.py --help")
+        check_evaluate_config(cfg)
         ckpt_path = resolve_checkpoint(cfg.ckpt_path, cfg.checkpoint)
         log.info("evaluating %s", ckpt_path)
         ll_settings = likelihood_settings(cfg)
@@ -54,6 +56,7 @@ def main(cfg: DictConfig) -> None:
         run_cfg, checkpoint = load_run(ckpt_path)
         with open_dict(run_cfg):
             run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data_overrides)
+        check_data(run_cfg.data)  # e.g. a moved data file: its fix is +data_overrides.path, not data.path
         dm = build_datamodule(run_cfg)
         model = build_model(run_cfg, dm)
         model.load_state_dict(checkpoint["state_dict"])

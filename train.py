@@ -28,6 +28,7 @@ from vaells.runs import (
     resolve_checkpoint,
     run_record,
 )
+from vaells.validation import check_model_fits_data, check_train_config
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -43,6 +44,7 @@ def main(cfg: DictConfig) -> None:
     fast_dev_run = bool(cfg.trainer.get("fast_dev_run"))
     try:  # everything that can refuse the settings, before any training or any file beyond Hydra's own
         check_data_choice(record, CONF_DIR)
+        check_train_config(cfg)  # every setting against vaells/validation.py's schema, before any data loads
         if fast_dev_run and OmegaConf.select(cfg, "model.schedule.warmup_steps"):
             # A smoke run is one batch: without this it would be an autoencoder batch that never reaches the
             # coefficient solvers, the anchor prior or the operators.
@@ -52,6 +54,7 @@ def main(cfg: DictConfig) -> None:
         pl.seed_everything(cfg.seed, workers=True)
         dm = build_datamodule(cfg)
         model = build_model(cfg, dm)
+        check_model_fits_data(model, dm.input_shape, cfg.data)  # a shape error here, not in the first step
         model.run_config["run"] = record  # evaluate.py reports the experiment, model and overrides with it
         ckpt_path = resolve_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
         callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]

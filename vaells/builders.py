@@ -114,6 +114,11 @@ def _instantiate_model(cfg: DictConfig, input_shape: tuple[int, ...],
                        arguments: Callable[[DictConfig], dict]) -> ModelBase:
     model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
     fill_data_dims(model_cfg, input_shape)
+    psi_optimizer = model_cfg.get("psi_optimizer")
+    if isinstance(psi_optimizer, DictConfig) and "lr" in psi_optimizer and psi_optimizer.lr is None:
+        # null while model.psi_rule sets the operators' step size (conf/model/vaells.yaml): the optimizer starts
+        # at torch's default, which the rule replaces before any step (VAELLSModule.configure_optimizers).
+        del psi_optimizer["lr"]
     model = hydra.utils.instantiate(model_cfg, **arguments(model_cfg))
     # Stored in the checkpoint so evaluate.py rebuilds exactly this run (resolved: run paths become literal), and
     # vaells.load without the data.

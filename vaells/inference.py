@@ -147,7 +147,8 @@ def _secant_update(s: Tensor, delta: Tensor, y: Tensor, y_sharp: Tensor) -> Tens
     s_delta = (s @ delta.unsqueeze(-1)).squeeze(-1)
     y_delta = (y * delta).sum(-1, keepdim=True)
     # NL2SOL's sizing: shrink S when it overestimates the curvature along delta.
-    curvature_s = (delta * s_delta).sum(-1, keepdim=True).abs().clamp_min(1e-300)
+    # finfo.tiny, not a literal 1e-300: that is 0 in float32, and 0 / 0 would put NaN into S (and every later step).
+    curvature_s = (delta * s_delta).sum(-1, keepdim=True).abs().clamp_min(torch.finfo(s.dtype).tiny)
     size = ((delta * y_sharp).sum(-1, keepdim=True).abs() / curvature_s).clamp(max=1.0)
     s = s * size.unsqueeze(-1)
     w = y_sharp - size * s_delta

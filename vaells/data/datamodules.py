@@ -146,9 +146,10 @@ def _check_anchor_count(anchors_per_class: int, train_per_class: int) -> None:
     """The synthetic anchors are generated on the manifold, but more of them than training samples in a
     class is a mistake (the prior would outnumber the data it regularises): stop before training."""
     if not 1 <= anchors_per_class <= train_per_class:
+        fix = "raise it to at least 1" if anchors_per_class < 1 else f"lower it to at most {train_per_class}"
         raise ValueError(
             f"data.anchors_per_class={anchors_per_class} must be between 1 and the number of training samples "
-            f"per class ({train_per_class}); lower data.anchors_per_class"
+            f"per class ({train_per_class}); {fix}"
         )
 
 
