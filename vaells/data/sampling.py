@@ -1,0 +1,100 @@
+"""A training order that a checkpoint can resume in the middle of an epoch.
+
+``EpochSampler`` shuffles each epoch with a generator seeded by (seed, epoch), so the order of any epoch can be
+drawn again from the checkpoint's epoch number alone, and it can start an epoch after the samples already seen.
+``ResumableLoader`` is a DataLoader that counts the batches it yielded in the current epoch and offers that count
+through ``state_dict`` / ``load_state_dict``: Lightning (2.3 and later) stores the state of such a "stateful"
+training loader in every checkpoint and restores it on resume (``FitLoop.on_save_checkpoint``), and the loader
+then skips what the interrupted run had trained on. Lightning fetches a sized loader's batches one at a time (no
+prefetch), so the count at a checkpoint is exactly the batches trained on.
+
+Under DDP (``conf/trainer/ddp.yaml``, ``use_distributed_sampler: false``) the sampler itself takes rank r's share
+of each epoch's permutation, r, r + R, r + 2R, ..., padded as ``DistributedSampler`` pads, so every rank sees the
+same number of batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """One generator seed per (seed, epoch), through numpy's SeedSequence: no two pairs share a stream."""
+    return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
+
+
+def _replicas() -> tuple[int, int]:
+    """(number of ranks, this rank) of the default process group, or (1, 0) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class EpochSampler(Sampler[int]):
+    """Indices 0..n-1 in an order drawn from (``seed``, epoch); this rank's share of it under DDP.
+
+    Lightning calls ``set_epoch`` before every epoch (as for ``DistributedSampler``). ``start`` samples of the
+    next epoch are skipped once (``ResumableLoader.load_state_dict``), and then it is 0 again.
+    """
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        if num_samples < 1:
+            raise ValueError(f"EpochSampler needs at least one sample, got {num_samples}")
+        self.num_samples, self.seed = num_samples, int(seed)
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        replicas, _ = _replicas()
+        return math.ceil(self.num_samples / replicas)
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's indices of ``epoch``, all of them."""
+        perm = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)))
+        replicas, rank = _replicas()
+        if replicas > 1:
+            total = math.ceil(self.num_samples / replicas) * replicas
+            perm = torch.cat([perm, perm[: total - self.num_samples]])  # pad by repeating the first, as DDP does
+            perm = perm[rank:total:replicas]
+        return perm.tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        start, self.start = self.start, 0
+        return iter(self.order(self.epoch)[start:])
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader over an ``EpochSampler`` whose position within the epoch is part of a checkpoint
+    (see the module docstring). ``state_dict()`` is {"epoch", "batches"}: the epoch and the batches of it
+    yielded so far."""
+
+    def __init__(self, dataset: Any, *, sampler: EpochSampler, batch_size: int, **kwargs: Any) -> None:
+        if kwargs.get("drop_last"):
+            raise ValueError("ResumableLoader skips whole batches of its sampler and does not drop the last one")
+        super().__init__(dataset, sampler=sampler, batch_size=batch_size, **kwargs)
+        self.batches_yielded = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler: EpochSampler = self.sampler  # type: ignore[assignment]
+        self.batches_yielded = sampler.start // self.batch_size
+        for batch in super().__iter__():
+            self.batches_yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self.batches_yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.start = int(state["batches"]) * self.batch_size
+        self.batches_yielded = int(state["batches"])
