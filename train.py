@@ -108,6 +108,8 @@ def main(cfg: DictConfig) -> None:
         log.error("%s", err)
         raise UsageError(str(err)) from None
     elapsed = time.perf_counter() - start
+    if not trainer.is_global_zero:  # under DDP, rank zero alone reports and evaluates
+        return
     # Logged, so the run's own train.log keeps the time and the checkpoints next to its config.
     log.info("fit took %.0f s (%.1f min), %d batches", elapsed, elapsed / 60, model.batch_counter)
     log.info("last training batch: %s", format_scalars(trainer.callback_metrics, "train/"))
@@ -120,8 +122,6 @@ def main(cfg: DictConfig) -> None:
         print("No checkpoint was written" + (" (a fast_dev_run writes none)." if fast_dev_run else "."))
     # The final model (last.ckpt) on the test split, as evaluate.py scores it (figures: LatentFigures at fit end);
     # a fast_dev_run is a smoke test and is not scored.
-    if not trainer.is_global_zero:  # under DDP, rank zero alone reports and evaluates
-        return
     if cfg.evaluate and not fast_dev_run:
         metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation,
                                  **ll_settings)

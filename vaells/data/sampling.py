@@ -37,6 +37,23 @@ def _replicas() -> tuple[int, int]:
     return 1, 0
 
 
+def rank_share(items: list, replicas: int | None = None, rank: int | None = None) -> list:
+    """Rank ``rank``'s share of ``items``: every ``replicas``-th from ``rank``, the list padded with its own start
+    to a multiple of ``replicas`` first, as ``DistributedSampler`` pads (all of it on one process)."""
+    if replicas is None or rank is None:
+        replicas, rank = _replicas()
+    if replicas == 1:
+        return items
+    total = math.ceil(len(items) / replicas) * replicas
+    padded = (items * math.ceil(total / max(len(items), 1)))[:total]
+    return padded[rank:total:replicas]
+
+
+def share_length(num_items: int) -> int:
+    """The length of ``rank_share`` of ``num_items`` items."""
+    return math.ceil(num_items / _replicas()[0])
+
+
 class EpochSampler(Sampler[int]):
     """Indices 0..n-1 in an order drawn from (``seed``, epoch); this rank's share of it under DDP.
 
@@ -55,18 +72,12 @@ class EpochSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        replicas, _ = _replicas()
-        return math.ceil(self.num_samples / replicas)
+        return share_length(self.num_samples)
 
     def order(self, epoch: int) -> list[int]:
         """This rank's indices of ``epoch``, all of them."""
         perm = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)))
-        replicas, rank = _replicas()
-        if replicas > 1:
-            total = math.ceil(self.num_samples / replicas) * replicas
-            perm = torch.cat([perm, perm[: total - self.num_samples]])  # pad by repeating the first, as DDP does
-            perm = perm[rank:total:replicas]
-        return perm.tolist()
+        return rank_share(perm.tolist())
 
     def __iter__(self) -> Iterator[int]:
         start, self.start = self.start, 0
