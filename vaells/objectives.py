@@ -117,7 +117,7 @@ def nonfinite_terms(terms: dict[str, Tensor]) -> list[str]:
 
 def format_terms(terms: dict[str, Tensor]) -> str:
     """``name=value, ...`` of scalar loss terms, for messages."""
-    return ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+    return ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
 
 
 def check_finite_loss(terms: dict[str, Tensor], step: int) -> None:

@@ -87,17 +87,21 @@ class EpochSampler(Sampler[int]):
 class ResumableLoader(DataLoader):
     """A training DataLoader over an ``EpochSampler`` whose position within the epoch is part of a checkpoint
     (see the module docstring). ``state_dict()`` is {"epoch", "batches"}: the epoch and the batches of it
-    yielded so far."""
+    yielded so far. A restored position applies to that epoch only: a checkpoint written at an epoch's end
+    resumes with the next epoch, from its start."""
 
     def __init__(self, dataset: Any, *, sampler: EpochSampler, batch_size: int, **kwargs: Any) -> None:
         if kwargs.get("drop_last"):
             raise ValueError("ResumableLoader skips whole batches of its sampler and does not drop the last one")
         super().__init__(dataset, sampler=sampler, batch_size=batch_size, **kwargs)
         self.batches_yielded = 0
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches) from a checkpoint
 
     def __iter__(self) -> Iterator[Any]:
         sampler: EpochSampler = self.sampler  # type: ignore[assignment]
-        self.batches_yielded = sampler.start // self.batch_size
+        resume, self._resume_at = self._resume_at, None
+        self.batches_yielded = resume[1] if resume is not None and resume[0] == sampler.epoch else 0
+        sampler.start = self.batches_yielded * self.batch_size
         for batch in super().__iter__():
             self.batches_yielded += 1
             yield batch
@@ -106,6 +110,4 @@ class ResumableLoader(DataLoader):
         return {"epoch": self.sampler.epoch, "batches": self.batches_yielded}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.set_epoch(state["epoch"])
-        self.sampler.start = int(state["batches"]) * self.batch_size
-        self.batches_yielded = int(state["batches"])
+        self._resume_at = (int(state["epoch"]), int(state["batches"]))
