@@ -258,3 +258,54 @@ def test_a_checkpoint_with_a_nan_is_refused() -> None:
     model = ModelBase()
     with pytest.raises(FloatingPointError, match="non-finite values in"):
         model.on_save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan")])}, "optimizer_states": []})
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_of_a_longer_run_then_resume_is_exact(tmp_path) -> None:
+    """The swiss roll's own 20/20 alternation over 4 epochs (136 batches), last.ckpt after every batch, and a
+    SIGKILL from outside at a random moment: possibly during a checkpoint write, which must leave a loadable one."""
+    common = ["trainer.max_epochs=4", "evaluate=false", "~callbacks.latent_figures",
+              "callbacks.interval_checkpoint.minutes=0"]
+    proc = train(*common, f"hydra.run.dir={tmp_path / 'reference'}")
+    assert proc.returncode == 0, proc.err[-3000:]
+    reference = load(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    proc = train(*common, f"hydra.run.dir={run}", wait=False)
+    while not ckpt.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.01)
+    delay = random.uniform(0.0, 15.0)
+    time.sleep(delay)
+    proc.kill()
+    proc.communicate()
+    killed = load(ckpt)["vaells"]
+    proc = train(f"ckpt_path={ckpt}")
+    assert proc.returncode == 0, proc.err[-3000:]
+    resumed = load(ckpt)
+    print(f"killed {delay:.2f} s after the first checkpoint, resumed at {killed}; max |param diff| "
+          f"{max_param_diff(reference, resumed)}")
+    assert_same_training_state(reference, resumed)
+
+
+def test_a_baseline_skips_a_nan_loss(cli, tmp_path, monkeypatch) -> None:
+    """Automatic optimization (the Gaussian VAE): a NaN loss skips backward and step (training_step returns None)."""
+    import train
+    from vaells.models.base import VariationalModel
+
+    original = VariationalModel.loss_terms
+
+    def loss_terms(self, x, kl_weight=1.0):
+        terms, x_hat = original(self, x, kl_weight)
+        if self.training and self.batch_counter == 2:
+            terms = {**terms, "kl": terms["kl"] * float("nan")}
+            terms["loss"] = terms["recon"] + terms["kl"]
+        return terms, x_hat
+
+    monkeypatch.setattr(VariationalModel, "loss_terms", loss_terms)
+    run = tmp_path / "run"
+    code, _, err = cli(train.main, "model=vae", *FAULT_RUN, f"hydra.run.dir={run}")
+    assert code == 0, err
+    state = load(run / "checkpoints" / "last.ckpt")
+    assert state["faults"]["skipped_steps"] == 1 and state["batch_counter"] == 10
+    assert nonfinite_tensors({"s": state["state_dict"], "o": state["optimizer_states"]}) == []
