@@ -39,6 +39,7 @@ from vaells.runs import (
     resume_run_dir,
     resumed_config,
     run_record,
+    separate_rank_log,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def refuse_resume(output_dir: str, hydra_cfg: DictConfig, err: BaseException) ->
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     quiet_known_messages()
+    separate_rank_log()
     hydra_cfg = HydraConfig.get()
     out = hydra_cfg.runtime.output_dir
     resuming = bool(cfg.ckpt_path)

@@ -75,3 +75,27 @@ def test_ddp_circles_scores_like_one_process(tmp_path) -> None:
     knn = [json.loads((run / "metrics.json").read_text())["knn_accuracy"] for run in (single, ddp)]
     print(f"knn_accuracy: single {knn[0]:.4f}, ddp {knn[1]:.4f}")
     assert abs(knn[0] - knn[1]) <= 0.02, knn
+
+
+def test_srun_ranks_log_beside_rank_zero(tmp_path, monkeypatch) -> None:
+    """Under srun every task has Hydra's job name: rank r > 0 moves its log to train_rank<r>.log."""
+    import logging
+
+    from vaells.runs import separate_rank_log
+
+    handler = logging.FileHandler(tmp_path / "train.log")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        monkeypatch.setenv("SLURM_NTASKS", "2")
+        monkeypatch.setenv("SLURM_PROCID", "1")
+        assert separate_rank_log() == 1
+        assert handler not in root.handlers
+        logging.getLogger("vaells.test").warning("from rank 1")
+        assert "from rank 1" in (tmp_path / "train_rank1.log").read_text()
+        assert (tmp_path / "train.log").read_text() == ""
+    finally:
+        for h in list(root.handlers):
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == tmp_path:
+                root.removeHandler(h)
+                h.close()

@@ -10,6 +10,7 @@ checkpoint, a run folder, or the folder of an experiment's runs of one model (it
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import NoReturn
@@ -208,6 +209,26 @@ def resumed_config(cfg: DictConfig, hydra_cfg: DictConfig) -> tuple[DictConfig, 
         OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
     resumed.ckpt_path = str(ckpt)
     return resumed, record, ckpt
+
+
+def separate_rank_log() -> int:
+    """Under ``srun`` (``trainer=ddp`` on SLURM) every task is a ``train.py`` of its own with Hydra's job name
+    ``train``, so every rank would append to rank zero's ``train.log``: move the log of rank r > 0 to
+    ``train_rank<r>.log`` beside it (Lightning's own launcher names its processes' logs
+    ``train_ddp_process_<r>.log``). Returns the rank (0 outside a multi-task SLURM step)."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return 0
+    rank = int(os.environ.get("SLURM_PROCID", "0"))
+    root = logging.getLogger()
+    for handler in list(root.handlers) if rank else []:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).name == "train.log":
+            own = logging.FileHandler(Path(handler.baseFilename).with_name(f"train_rank{rank}.log"))
+            own.setFormatter(handler.formatter)
+            own.setLevel(handler.level)
+            root.removeHandler(handler)
+            handler.close()
+            root.addHandler(own)
+    return rank
 
 
 # -- what a run was -------------------------------------------------------------------------------------

@@ -381,8 +381,9 @@ class VariationalModel(ModelBase):
     def _log(self, stage: str, terms: dict[str, Tensor], x_hat: Tensor, x: Tensor) -> None:
         metrics = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
         metrics[f"{stage}/mse"] = (x_hat - x).pow(2).mean().detach()  # per dimension
-        self.log_dict(metrics, batch_size=x.shape[0])
-        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=x.shape[0])
+        sync = stage == "val"  # as VAELLSModule._log_terms: every DDP rank validates the whole split
+        self.log_dict(metrics, batch_size=x.shape[0], sync_dist=sync)
+        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=x.shape[0], sync_dist=sync)
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

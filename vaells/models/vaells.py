@@ -360,8 +360,11 @@ class VAELLSModule(ModelBase):
             }
             for m, (norm, drift) in enumerate(zip(self.transport.norms(), self.transport.drift(), strict=True)):
                 metrics |= {f"train/psi_norm_{m}": norm, f"train/psi_drift_{m}": drift}
-        self.log_dict(metrics, prog_bar=False, batch_size=out["mu"].shape[0])
-        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=out["mu"].shape[0])
+        # Under DDP every rank validates the whole validation split (use_distributed_sampler: false): the epoch
+        # means agree across ranks, and syncing them only says so (and keeps Lightning from warning each epoch).
+        sync = stage == "val"
+        self.log_dict(metrics, prog_bar=False, batch_size=out["mu"].shape[0], sync_dist=sync)
+        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=out["mu"].shape[0], sync_dist=sync)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self.forward_terms(batch, self.weights)
