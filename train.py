@@ -1,10 +1,16 @@
 """Train VAELLS or a baseline: ``python train.py [experiment=swiss_roll|...] [model=vaells|vae|...] [key=value ...]``,
 then score the final model on the test split into the run's ``metrics.json`` (``evaluate=false``: skip).
-``python train.py --help`` lists the experiments, models, data sets and common overrides."""
+``python train.py --help`` lists the experiments, models, data sets and common overrides.
+
+``python train.py ckpt_path=RUN/checkpoints/last.ckpt`` (or ``ckpt_path=last`` inside RUN) resumes a run in its own
+folder with the config stored in its checkpoint (``vaells.runs.resumed_config``). A SIGTERM writes ``last.ckpt`` and
+exits with status 143 (``vaells.checkpoints``); training that keeps producing non-finite steps stops with a message
+and status 1 (``vaells.models.base.ModelBase``)."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -13,38 +19,64 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from vaells.builders import build_datamodule, build_model
+from vaells.checkpoints import SIGTERM_EXIT_STATUS
 from vaells.evaluation.likelihood import likelihood_settings
 from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, write_metrics
 from vaells.figures.images import save_matched_ring
+from vaells.models.base import TrainingStopped
 from vaells.progress import format_scalars, quiet_known_messages
 from vaells.runs import (
     SETTING_ERRORS,
+    UsageError,
     check_data_choice,
     checkpoint_lines,
     config_summary,
     fail_before_work,
-    resolve_checkpoint,
+    resume_output_subdir,
+    resume_run_dir,
+    resumed_config,
     run_record,
+    separate_rank_log,
 )
 from vaells.validation import check_model_fits_data, check_train_config
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
+# conf/train.yaml's hydra.run.dir and hydra.output_subdir: a resumed run continues in its own folder.
+OmegaConf.register_new_resolver("resume_run_dir", resume_run_dir, replace=True)
+OmegaConf.register_new_resolver("resume_output_subdir", resume_output_subdir, replace=True)
+
+
+def refuse_resume(output_dir: str, hydra_cfg: DictConfig, err: BaseException) -> None:
+    """Stop a resume whose settings were refused: the run's folder stays as it was, less this attempt's Hydra
+    files (``.hydra/resumed_<date_time>``); ``fail_before_work`` would mark the run itself FAILED."""
+    subdir = hydra_cfg.output_subdir
+    if subdir and Path(subdir).name.startswith("resumed_"):
+        shutil.rmtree(Path(output_dir) / subdir, ignore_errors=True)
+    message = str(err) if isinstance(err, UsageError) else f"{type(err).__name__}: {err}"
+    raise UsageError(message) from None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     quiet_known_messages()
-    torch.set_num_threads(cfg.threads)
+    separate_rank_log()
     hydra_cfg = HydraConfig.get()
     out = hydra_cfg.runtime.output_dir
-    record = run_record(hydra_cfg)
-    fast_dev_run = bool(cfg.trainer.get("fast_dev_run"))
+    resuming = bool(cfg.ckpt_path)
+    ckpt_path = None
     try:  # everything that can refuse the settings, before any training or any file beyond Hydra's own
-        check_data_choice(record, CONF_DIR)
+        if resuming:
+            cfg, record, ckpt_path = resumed_config(cfg, hydra_cfg)
+        else:
+            record = run_record(hydra_cfg)
+            check_data_choice(record, CONF_DIR)
         check_train_config(cfg)  # every setting against vaells/validation.py's schema, before any data loads
+        torch.set_num_threads(cfg.threads)
+        fast_dev_run = bool(cfg.trainer.get("fast_dev_run"))
         if fast_dev_run and OmegaConf.select(cfg, "model.schedule.warmup_steps"):
             # A smoke run is one batch: without this it would be an autoencoder batch that never reaches the
             # coefficient solvers, the anchor prior or the operators.
@@ -56,11 +88,12 @@ def main(cfg: DictConfig) -> None:
         model = build_model(cfg, dm)
         check_model_fits_data(model, dm.input_shape, cfg.data)  # a shape error here, not in the first step
         model.run_config["run"] = record  # evaluate.py reports the experiment, model and overrides with it
-        ckpt_path = resolve_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
         callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
         logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
         trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     except SETTING_ERRORS as err:
+        if "resumed_" in str(hydra_cfg.output_subdir):  # Hydra put this attempt into an existing run's folder
+            refuse_resume(out, hydra_cfg, err)
         fail_before_work(out, err, root=Path.cwd())
     log.info("configuration:\n%s", config_summary(cfg, record, out, model))
     if ckpt_path is not None:
@@ -70,8 +103,18 @@ def main(cfg: DictConfig) -> None:
         # modules keep theirs out of it (save_hyperparameters(logger=False)), which were only the data keys.
         logger.log_hyperparams(model.run_config)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        # Lightning's SIGTERMException is a SystemExit with status 0: a scheduler would take the job as done.
+        log.warning("stopped by SIGTERM after %d batches; exit status %d", model.batch_counter, SIGTERM_EXIT_STATUS)
+        raise SystemExit(SIGTERM_EXIT_STATUS) from None
+    except TrainingStopped as err:
+        log.error("%s", err)
+        raise UsageError(str(err)) from None
     elapsed = time.perf_counter() - start
+    if not trainer.is_global_zero:  # under DDP, rank zero alone reports and evaluates
+        return
     # Logged, so the run's own train.log keeps the time and the checkpoints next to its config.
     log.info("fit took %.0f s (%.1f min), %d batches", elapsed, elapsed / 60, model.batch_counter)
     log.info("last training batch: %s", format_scalars(trainer.callback_metrics, "train/"))

@@ -125,6 +125,8 @@ def _instantiate_model(cfg: DictConfig, input_shape: tuple[int, ...],
     model.run_config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                         for k, v in cfg.items() if k != "hydra"}
     model.input_shape = tuple(int(n) for n in input_shape)
+    if cfg.get("max_consecutive_skips") is not None:
+        model.max_consecutive_skips = int(cfg.max_consecutive_skips)
     return model
 
 

@@ -105,12 +105,24 @@ def reconstruction_log_likelihood(x: Tensor, x_hat: Tensor, recon: float) -> Ten
     return gaussian_log_prob((x - x_hat).flatten(1), recon**-0.5)
 
 
+#: What to change when the losses keep coming out non-finite: in a new run, since a resumed run keeps its settings.
+LOWER_LR_HINT = ("lower the learning rates (model.optimizer.lr; VAELLS's operator step: model.psi_rule.lr and "
+                 "model.psi_rule.max_lr) or clip VAELLS's network gradients (model.gradient_clip_val)")
+
+
+def nonfinite_terms(terms: dict[str, Tensor]) -> list[str]:
+    """The names of the loss terms that are NaN or infinite."""
+    return [k for k, v in terms.items() if not bool(torch.isfinite(v).all())]
+
+
+def format_terms(terms: dict[str, Tensor]) -> str:
+    """``name=value, ...`` of scalar loss terms, for messages."""
+    return ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+
+
 def check_finite_loss(terms: dict[str, Tensor], step: int) -> None:
     """Stop with a message that names the offending terms, before a NaN reaches the weights."""
-    bad = [k for k, v in terms.items() if not bool(torch.isfinite(v))]
+    bad = nonfinite_terms(terms)
     if bad:
-        raise FloatingPointError(
-            f"non-finite loss term(s) {bad} at batch {step}: "
-            + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-            + ". Lower the learning rates (model.optimizer.lr, model.psi_lr) or resume from the last checkpoint."
-        )
+        raise FloatingPointError(f"non-finite loss term(s) {bad} at batch {step}: {format_terms(terms)}. To fix it, "
+                                 f"{LOWER_LR_HINT}, or resume from the last checkpoint.")

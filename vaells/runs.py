@@ -10,6 +10,7 @@ checkpoint, a run folder, or the folder of an experiment's runs of one model (it
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import NoReturn
@@ -98,11 +99,14 @@ def _checkpoint_in(folder: Path, which: str) -> Path | None:
 def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
     """The checkpoint file that ``path`` names: a file as it is; a run folder (or its ``checkpoints/``) ->
     ``checkpoints/last.ckpt``, or with ``which="best"`` its ``best-epoch=NNN.ckpt``; a folder of runs, such as
-    ``outputs/train/<experiment>/<model>`` -> that checkpoint of its newest run (the one written last). Raises
+    ``outputs/train/<experiment>/<model>`` -> that checkpoint of its newest run (the one written last); ``last`` or
+    ``best`` (where no such file exists) -> that checkpoint of the run folder that is the working directory. Raises
     ``UsageError`` naming the path and what the folder holds."""
     if which not in CHECKPOINT_NAMES:
         raise UsageError(f"checkpoint={which} is not one of {', '.join(CHECKPOINT_NAMES)}")
     given = Path(path)
+    if str(path) in CHECKPOINT_NAMES and not given.exists():  # ckpt_path=last inside a run folder
+        given, which = Path.cwd(), str(path)
     if given.is_file():
         return given
     if not given.exists():
@@ -131,6 +135,100 @@ def evaluation_folder(ckpt_path: str | None, which: str = "last") -> str:
         return str(run_folder(resolve_checkpoint(ckpt_path, which)) / "evaluations")
     except (UsageError, TypeError, OSError):  # TypeError: ckpt_path missing (None)
         return "outputs/evaluate"
+
+
+# -- resuming a run -------------------------------------------------------------------------------------
+def _resumed_checkpoint(ckpt_path: str | None) -> Path | None:
+    """The checkpoint a run resumes from, or None: no ``ckpt_path``, or one that names no checkpoint (the run then
+    stops with ``resolve_checkpoint``'s message)."""
+    if not ckpt_path:
+        return None
+    try:
+        return resolve_checkpoint(ckpt_path)
+    except (UsageError, OSError):
+        return None
+
+
+def resume_run_dir(ckpt_path: str | None, default: str) -> str:
+    """``hydra.run.dir`` of ``train.py`` (registered there): a resumed run continues in the run folder of its
+    checkpoint (its train.log, tensorboard/ and checkpoints/); any other run in ``default``."""
+    ckpt = _resumed_checkpoint(ckpt_path)
+    return str(run_folder(ckpt)) if ckpt is not None else default
+
+
+def resume_output_subdir(ckpt_path: str | None, stamp: str) -> str:
+    """``hydra.output_subdir`` of ``train.py``: ``.hydra``, or for a resumed run ``.hydra/resumed_<stamp>``, so that
+    the run's own ``.hydra/config.yaml`` and ``overrides.yaml`` (what evaluations and reports read) stay as
+    they were."""
+    return ".hydra" if _resumed_checkpoint(ckpt_path) is None else f".hydra/resumed_{stamp}"
+
+
+def _replace_prefix(node: object, old: str, new: str) -> object:
+    """``node`` (a config as containers) with every string path under ``old`` moved under ``new``."""
+    if isinstance(node, dict):
+        return {k: _replace_prefix(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_prefix(v, old, new) for v in node]
+    if isinstance(node, str) and (node == old or node.startswith(old.rstrip("/") + "/")):
+        return new + node[len(old.rstrip("/")):]
+    return node
+
+
+def resumed_config(cfg: DictConfig, hydra_cfg: DictConfig) -> tuple[DictConfig, dict, Path]:
+    """The config, run record and checkpoint of a resumed run (``train.py ckpt_path=...``).
+
+    The config is the run's own, stored in the checkpoint (``model.run_config``), not this composition's defaults:
+    resuming needs only the run. Its paths are moved to where the run folder is now. The command-line overrides
+    other than ``ckpt_path`` must be among ``cfg.resume_overrides`` (what may change without changing the run,
+    e.g. ``trainer.max_epochs`` to extend it), and take their value from this composition; others are refused
+    (``UsageError``)."""
+    from vaells.builders import load_run  # the builders import the models; runs.py stays light for evaluate.py
+
+    ckpt = resolve_checkpoint(cfg.ckpt_path)
+    allowed = list(cfg.get("resume_overrides") or [])
+    given = {k: v for k, v in run_record(hydra_cfg)["overrides"].items() if k != "ckpt_path"}
+    refused = [f"{k}={v}" for k, v in given.items() if k not in allowed]
+    if refused:
+        raise UsageError(
+            f"ckpt_path={cfg.ckpt_path} resumes a run with the settings stored in its checkpoint; {' '.join(refused)} "
+            f"would change the run. A resumed run may change only: {', '.join(allowed)}. For other settings, start "
+            "a new run."
+        )
+    try:
+        stored, _ = load_run(ckpt)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"ckpt_path={cfg.ckpt_path}: cannot resume from {ckpt}: {err}") from None
+    stored = OmegaConf.to_container(stored)
+    record = stored.pop("run", None) or saved_run_record(run_folder(ckpt)) or {"experiment": None, "model": None,
+                                                                               "overrides": {}}
+    old_root = OmegaConf.select(OmegaConf.create(stored), "trainer.default_root_dir")
+    if old_root:
+        stored = _replace_prefix(stored, str(old_root), str(run_folder(ckpt)))
+    resumed = OmegaConf.create(stored)
+    for key in given:
+        OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
+    resumed.ckpt_path = str(ckpt)
+    return resumed, record, ckpt
+
+
+def separate_rank_log() -> int:
+    """Under ``srun`` (``trainer=ddp`` on SLURM) every task is a ``train.py`` of its own with Hydra's job name
+    ``train``, so every rank would append to rank zero's ``train.log``: move the log of rank r > 0 to
+    ``train_rank<r>.log`` beside it (Lightning's own launcher names its processes' logs
+    ``train_ddp_process_<r>.log``). Returns the rank (0 outside a multi-task SLURM step)."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return 0
+    rank = int(os.environ.get("SLURM_PROCID", "0"))
+    root = logging.getLogger()
+    for handler in list(root.handlers) if rank else []:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).name == "train.log":
+            own = logging.FileHandler(Path(handler.baseFilename).with_name(f"train_rank{rank}.log"))
+            own.setFormatter(handler.formatter)
+            own.setLevel(handler.level)
+            root.removeHandler(handler)
+            handler.close()
+            root.addHandler(own)
+    return rank
 
 
 # -- what a run was -------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vaells.data.anchors import select_class_anchors
 from vaells.data.base import AnchoredDataModule
+from vaells.data.sampling import EpochSampler, ResumableLoader
 from vaells.data.synthetic import (
     DEFAULT_PROJECTION_SEED,
     SyntheticSet,
@@ -76,12 +77,15 @@ class _InMemoryDataModule(AnchoredDataModule):
         self.num_workers = num_workers
 
     def _loader(self, dataset: DictDataset, *, shuffle: bool) -> DataLoader:
-        # A fresh generator per call: every fit sees the same sequence of shuffles for a given seed.
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, generator=gen,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-        )
+        kwargs = dict(batch_size=self.batch_size, num_workers=self.num_workers,
+                      persistent_workers=self.num_workers > 0)
+        if not shuffle:
+            return DataLoader(dataset, **kwargs)
+        # Epoch e is shuffled by (seed, e) alone, and the loader's position is in every checkpoint, so a run
+        # resumed mid-epoch sees the rest of that epoch's order (vaells.data.sampling). The loader's own
+        # generator only seeds workers: iterating it leaves the global torch stream that training draws from alone.
+        return ResumableLoader(dataset, sampler=EpochSampler(len(dataset), self.seed),
+                               generator=torch.Generator().manual_seed(self.seed), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -32,6 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from vaells.data.anchors import select_class_anchors
 from vaells.data.base import AnchoredDataModule
+from vaells.data.sampling import ResumableLoader, epoch_seed, rank_share, share_length
 
 #: The raw IDX files torchvision's MNIST reads from ``<root>/MNIST/raw``.
 MNIST_RAW_FILES = (
@@ -201,21 +202,24 @@ def _collate_rotated(items: list[dict[str, Tensor]], anchor_angles: Tensor) -> d
 
 
 class _EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(epoch, index)`` pairs, shuffled by a generator seeded with ``(seed, epoch)``.
+    """Yields ``(epoch, index)`` pairs, shuffled by a generator seeded with ``(seed, epoch)``; this rank's share of
+    them under DDP (``vaells.data.sampling.rank_share``).
 
-    Like DistributedSampler, it needs ``set_epoch`` before each epoch; Lightning calls it (and forwards
-    it through its DDP wrapper). Carrying the epoch in the key gets it to the dataset in the workers.
+    Like DistributedSampler, it needs ``set_epoch`` before each epoch; Lightning calls it. Carrying the epoch in
+    the key gets it to the dataset in the workers. ``start`` pairs of the next epoch are skipped once, for a run
+    resumed within an epoch (``vaells.data.sampling.ResumableLoader``).
     """
 
     def __init__(self, num_samples: int, *, seed: int, epoch_size: int | None = None) -> None:
         self.num_samples, self.seed, self.epoch = num_samples, seed, 0
         self.epoch_size = epoch_size or num_samples
+        self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.epoch_size
+        return share_length(self.epoch_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         # An epoch of epoch_size samples is `passes` shuffled passes over the data, truncated. Pass k of epoch
@@ -224,11 +228,10 @@ class _EpochSampler(Sampler[tuple[int, int]]):
         keys = []
         for k in range(passes):
             key = self.epoch * passes + k
-            # Combine (seed, key) through numpy's SeedSequence: no two pairs share a stream.
-            seed = int(np.random.SeedSequence((self.seed, key)).generate_state(1)[0])
-            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed))
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(epoch_seed(self.seed, key)))
             keys += [(key, index) for index in order.tolist()]
-        return iter(keys[: self.epoch_size])
+        start, self.start = self.start, 0
+        return iter(rank_share(keys[: self.epoch_size])[start:])
 
 
 class _MNISTDataModule(AnchoredDataModule):
@@ -273,14 +276,14 @@ class _MNISTDataModule(AnchoredDataModule):
     def _loader(self, dataset: Dataset | None, *, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a data loader")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=_EpochSampler(len(dataset), seed=self.seed, epoch_size=self.epoch_size) if train else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=self.collate_fn,
-        )
+        kwargs = dict(batch_size=self.batch_size, num_workers=self.num_workers,
+                      persistent_workers=self.num_workers > 0, collate_fn=self.collate_fn)
+        if not train:
+            return DataLoader(dataset, **kwargs)
+        # Resumable within an epoch: its position is in every checkpoint (vaells.data.sampling). The loader's own
+        # generator seeds the workers, so that starting an epoch leaves training's global random stream alone.
+        return ResumableLoader(dataset, sampler=_EpochSampler(len(dataset), seed=self.seed, epoch_size=self.epoch_size),
+                               generator=torch.Generator().manual_seed(self.seed), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

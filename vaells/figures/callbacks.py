@@ -12,6 +12,7 @@ gets no prior figure. ``save_run_figures`` draws the same figures outside of tra
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ from torch import Tensor, nn
 
 from vaells.evaluation.paths import same_label_pairs
 from vaells.figures import plotting
+
+log = logging.getLogger(__name__)
 
 #: The PNG names of ``LatentFigures.build_figures`` (``prior_decoded`` only for image data).
 FIGURE_NAMES = ("latent", "orbits", "prior_samples", "paths")
@@ -132,6 +135,14 @@ class LatentFigures(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active(trainer) or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        # Figures are a view of training, not part of it: a failure (matplotlib, a full disk) is a warning.
+        try:
+            self._log_figures(trainer, pl_module)
+        except Exception as err:
+            log.warning("LatentFigures: the figures after epoch %d failed (%s: %s); training goes on",
+                        trainer.current_epoch + 1, type(err).__name__, err)
+
+    def _log_figures(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loggers = [lg for lg in trainer.loggers if hasattr(lg.experiment, "add_figure")]
         if not loggers:
             return
@@ -147,7 +158,11 @@ class LatentFigures(pl.Callback):
         if not self._active(trainer):
             return
         directory = Path(self.output_dir) if self.output_dir is not None else Path(trainer.default_root_dir) / "figures"
-        self.saved_paths = save_figures(self.build_figures(trainer, pl_module), directory)
+        try:
+            self.saved_paths = save_figures(self.build_figures(trainer, pl_module), directory)
+        except Exception as err:
+            log.warning("LatentFigures: saving the figures to %s failed (%s: %s); the run itself is complete",
+                        directory, type(err).__name__, err)
 
     save_figures = staticmethod(save_figures)
 

@@ -19,12 +19,7 @@ from vaells.inference import CoefficientSolver, InferenceResult, infer_jointly, 
 from vaells.models.base import ModelBase
 from vaells.models.importance import importance_samples, importance_terms
 from vaells.models.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
-from vaells.objectives import (
-    LossWeights,
-    check_finite_loss,
-    reconstruction_error,
-    vaells_loss,
-)
+from vaells.objectives import LossWeights, reconstruction_error, vaells_loss
 from vaells.transport import TransportOperator
 
 PHASE_CODES = {WARMUP: 0, NET: 1, PSI: 2, JOINT: 3}
@@ -263,24 +258,41 @@ class VAELLSModule(ModelBase):
         opt_net.zero_grad()
         opt_psi.zero_grad()
         if phase == WARMUP:
-            loss = self._warmup_loss(batch)
-            self.manual_backward(loss)
-            self._step_networks(opt_net)
-            self.log("train/loss", loss, prog_bar=True)
+            out, weights, terms = None, None, {"recon": self._warmup_loss(batch)}
+            loss = terms["recon"]
         else:
             weights = self.schedule.weights(self.weights, phase)
             out = self.forward_terms(batch, weights)
             terms = out["terms"]
-            check_finite_loss(terms, step)
-            self.manual_backward(terms["loss"])
-            if phase in (NET, JOINT):
+            loss = terms["loss"]
+        if not self._skip_nonfinite(terms, loss):
+            self.consecutive_skips = 0
+            if phase in (WARMUP, NET, JOINT):
                 self._step_networks(opt_net)
             if phase in (PSI, JOINT):
                 self._step_operators(opt_psi, out, weights, terms, step)
-            self._log_terms("train", terms, out)
+            if phase == WARMUP:
+                self.log("train/loss", loss, prog_bar=True)
+            else:
+                self._log_terms("train", terms, out)
         self.log_dict({"train/phase": float(PHASE_CODES[phase]), "train/batch": float(step)})
+        self.log_skips()
         self.batch_counter += 1
         return None
+
+    def _skip_nonfinite(self, terms: dict[str, Tensor], loss: Tensor) -> bool:
+        """Backpropagate ``loss`` unless a term is not finite; skip the step (``ModelBase.skip_step``: no optimizer
+        step, Psi and the anchors unchanged) if a term or a gradient is not finite, on any rank."""
+        if self.skip_if_nonfinite(terms):
+            return True
+        self.manual_backward(loss)
+        bad = self.nonfinite_gradients()
+        if not self.any_rank(bool(bad)):
+            return False
+        self.optimizers()[0].zero_grad()
+        self.optimizers()[1].zero_grad()
+        self.skip_step(f"non-finite gradient(s) of {bad or '(on another rank)'}")
+        return True
 
     def _log_stage(self, step: int, phase: str) -> None:
         """Name the stage in the run's log when it begins (or when a resumed run picks it up): the warm-up, or
@@ -300,9 +312,7 @@ class VAELLSModule(ModelBase):
         """Autoencoder-only warm-up: a small Laplace scale, no latent noise, the recon term alone."""
         x = batch["x"]
         z = TransportPosterior(self.encode(x), self.transport, self.warmup_coeff_scale, 0.0).rsample()
-        loss = self.weights.recon * reconstruction_error(x, self.decode(z)).mean()
-        check_finite_loss({"recon": loss}, self.batch_counter)
-        return loss
+        return self.weights.recon * reconstruction_error(x, self.decode(z)).mean()
 
     def _step_operators(self, opt_psi, out: dict, weights: LossWeights, terms: dict, step: int) -> None:
         if self.psi_rule is None:
@@ -313,21 +323,34 @@ class VAELLSModule(ModelBase):
         # The sample's noise, z - T(c) mu, taken before Psi moves, so the new Psi is judged on the same z noise.
         eps = (out["z"] - self.transport.transport(out["mu"], out["c"])).detach()
         old_psi = self.transport.psi.detach().clone()
-        old_loss = terms["loss"].detach() - terms["recon"].detach()
+        # Under DDP both losses are averaged over the ranks' batches, and the decision is made the same on every
+        # rank, so Psi stays identical everywhere (the gradients already are: DDP averages them).
+        old_loss = self._rank_mean(terms["loss"].detach() - terms["recon"].detach())
         opt_psi.param_groups[0]["lr"] = self.psi_rule.lr
         opt_psi.step()
-        new_loss = self._operator_loss(out, eps, weights)
+        new_loss = self._rank_mean(self._operator_loss(out, eps, weights))
         accepted = bool(torch.isfinite(new_loss)) and bool(new_loss <= old_loss)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            accepted = bool(self.trainer.strategy.reduce_boolean_decision(accepted, all=True))
         if not accepted:
             with torch.no_grad():
                 self.transport.psi.copy_(old_psi)
         self.psi_rule.update(accepted, step - self.schedule.warmup_steps)
         self.log_dict({"train/psi_accept_rate": self.psi_rule.accept_rate})
 
+    def _rank_mean(self, value: Tensor) -> Tensor:
+        """``value`` averaged over the DDP ranks (itself on one process)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return value
+        return self.trainer.strategy.reduce(value, reduce_op="mean")
+
     def _log_terms(self, stage: str, terms: dict[str, Tensor], out: dict[str, Any]) -> None:
         prior: InferenceResult = out["prior"]
         batch_size = out["mu"].shape[0]
-        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=batch_size)
+        # Under DDP every rank validates the whole validation split (use_distributed_sampler: false): the epoch
+        # means agree across ranks, and syncing them only says so (and keeps Lightning from warning each epoch).
+        sync = stage == "val"
+        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=batch_size, sync_dist=sync)
         if stage == "train" and not self._logging_step():
             return  # the rest costs ~10 ms a step in Lightning's logging, and the logger would drop it anyway
         metrics = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
@@ -344,7 +367,7 @@ class VAELLSModule(ModelBase):
             }
             for m, (norm, drift) in enumerate(zip(self.transport.norms(), self.transport.drift(), strict=True)):
                 metrics |= {f"train/psi_norm_{m}": norm, f"train/psi_drift_{m}": drift}
-        self.log_dict(metrics, prog_bar=False, batch_size=batch_size)
+        self.log_dict(metrics, prog_bar=False, batch_size=batch_size, sync_dist=sync)
 
     def _logging_step(self) -> bool:
         """Whether the logger writes this training step (every ``trainer.log_every_n_steps``); True outside a fit."""
@@ -365,6 +388,7 @@ class VAELLSModule(ModelBase):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("vaells", {})
         self.batch_counter = state.get("batch_counter", 0)
         if self.psi_rule is not None and state.get("psi_rule") is not None:
