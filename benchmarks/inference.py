@@ -7,7 +7,10 @@ targets made from planted sparse coefficients plus small noise. Each setting hol
 the prior pairs (every sample against every anchor of its class, R restarts) and the posterior pairs (every
 encoding against its own sample, one start in U(0, 1)), exactly what one training step infers.
 
-Both solvers get identical problems and identical starts. Prints a table, then one JSON line.
+Both solvers get identical problems and identical starts. A second run per setting measures throughput: the
+same kind of problem at a large batch (``--throughput-pairs``, 20,000 by default), solved with the training
+solvers' settings (20 iterations, ftol 1e-10), reported as microseconds per pair (``us_per_pair``) and the mean
+iterations of the winning starts (``mean_iters``). Prints a table, then one JSON line.
 
     python benchmarks/inference.py                 # all four settings, CPU
     python benchmarks/inference.py --device cuda   # the project's solver on a GPU (reference stays on CPU)
@@ -21,7 +24,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -47,6 +50,7 @@ class Setting:
 
 POSTERIOR_L1 = 1e-6  # lambda_post in every configuration
 POSTERIOR_RESTARTS = ((0.0, 1.0),)  # the release starts posterior inference from U(0, 1)
+TRAINING_SOLVER = {"max_iter": 20, "ftol": 1e-10}  # conf/model/vaells.yaml's posterior and prior solvers
 
 SETTINGS = (
     Setting("circles", 2, 4, 30, 3, ((-2.5, 0.0), (0.0, 2.5)), 5e-6, 0.0335, 3.0, True),
@@ -118,9 +122,18 @@ def make_problem(s: Setting, seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def time_project(p: dict, s: Setting, device: str, repeats: int) -> tuple[float, np.ndarray]:
-    prior = CoefficientSolver(l1_weight=s.l1_prior, restarts=s.restarts)
-    post = CoefficientSolver(l1_weight=POSTERIOR_L1, restarts=POSTERIOR_RESTARTS)
+def solvers(s: Setting, jacobian_dtype: str | None, **settings) -> tuple[CoefficientSolver, CoefficientSolver]:
+    """The prior's and the posterior's solver of setting ``s`` (``settings``: max_iter, ftol; default: the
+    solver's own)."""
+    return (CoefficientSolver(l1_weight=s.l1_prior, restarts=s.restarts, jacobian_dtype=jacobian_dtype, **settings),
+            CoefficientSolver(l1_weight=POSTERIOR_L1, restarts=POSTERIOR_RESTARTS, jacobian_dtype=jacobian_dtype,
+                              **settings))
+
+
+def time_project(p: dict, s: Setting, device: str, repeats: int, jacobian_dtype: str | None = None,
+                 **settings) -> tuple[float, np.ndarray, float]:
+    """Median seconds of one step's inference, the energies (recomputed independently) and the mean iterations."""
+    prior, post = solvers(s, jacobian_dtype, **settings)
     t = {k: v.to(device) for k, v in p.items()}
 
     def run():  # one training step's inference: prior and posterior problems in one program
@@ -139,7 +152,8 @@ def time_project(p: dict, s: Setting, device: str, repeats: int) -> tuple[float,
     # Recompute energies independently of the solver, in float64 on the CPU.
     e_prior = energy(p["psi"], p["prior_z0"], p["prior_z1"], rp.c.cpu().double(), s.l1_prior)
     e_post = energy(p["psi"], p["post_z0"], p["post_z1"], rq.c.cpu().double(), POSTERIOR_L1)
-    return statistics.median(times), torch.cat([e_prior, e_post]).numpy()
+    iters = torch.cat([rp.num_iters.flatten(), rq.num_iters.flatten()]).double().mean()
+    return statistics.median(times), torch.cat([e_prior, e_post]).numpy(), float(iters)
 
 
 def time_reference(p: dict, s: Setting) -> tuple[float, np.ndarray]:
@@ -161,6 +175,9 @@ def main() -> None:
     parser.add_argument("--settings", nargs="*", default=[s.name for s in SETTINGS])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: the solver's ops are tiny; the reference also runs on one)")
+    parser.add_argument("--jacobian-dtype", default=None, help="the solvers' jacobian_dtype (default: theirs)")
+    parser.add_argument("--throughput-pairs", type=int, default=20000,
+                        help="pairs of the throughput run (at training settings); 0 skips it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     unknown = set(args.settings) - {s.name for s in SETTINGS}
@@ -169,14 +186,14 @@ def main() -> None:
 
     rows, ratios = {}, []
     header = (f"{'setting':<14}{'pairs':>7}{'ref s':>10}{'ours s':>10}{'speedup':>10}"
-              f"{'ref E med':>12}{'ours E med':>12}{'<=1.01 ref':>12}")
+              f"{'ref E med':>12}{'ours E med':>12}{'<=1.01 ref':>12}{'us/pair':>10}{'iters':>7}")
     print(header)
     print("-" * len(header))
     for s in SETTINGS:
         if s.name not in args.settings:
             continue
         p = make_problem(s, args.seed)
-        t_ours, e_ours = time_project(p, s, args.device, args.repeats)
+        t_ours, e_ours, _ = time_project(p, s, args.device, args.repeats, args.jacobian_dtype)
         t_ref, e_ref = time_reference(p, s)
         ratio = (e_ours + 1e-9) / (e_ref + 1e-9)
         ratios.append(ratio)
@@ -190,10 +207,19 @@ def main() -> None:
             "frac_within_1pct": float(np.mean(e_ours <= 1.01 * e_ref)),
             "energy_ratio_median": float(np.median(ratio)),
         }
+        if args.throughput_pairs:
+            # Throughput: the same kind of problem at a large batch, with the training solvers' settings
+            # (20 iterations, ftol 1e-10: conf/model/vaells.yaml), as one training-size call would see them.
+            big = replace(s, batch=math.ceil(args.throughput_pairs / (s.anchors + 1)))
+            q = make_problem(big, args.seed)
+            t_big, e_big, iters = time_project(q, big, args.device, 1, args.jacobian_dtype, **TRAINING_SOLVER)
+            row |= {"throughput_pairs": int(e_big.size), "us_per_pair": 1e6 * t_big / e_big.size,
+                    "mean_iters": iters, "throughput_energy_median": float(np.median(e_big))}
         rows[s.name] = row
         print(f"{s.name:<14}{row['pairs']:>7}{t_ref:>10.2f}{t_ours:>10.4f}{row['speedup']:>10.0f}"
               f"{row['reference_energy_median']:>12.3e}{row['project_energy_median']:>12.3e}"
-              f"{row['frac_within_1pct']:>12.3f}", flush=True)
+              f"{row['frac_within_1pct']:>12.3f}{row.get('us_per_pair', math.nan):>10.1f}"
+              f"{row.get('mean_iters', math.nan):>7.1f}", flush=True)
     speedups = [r["speedup"] for r in rows.values()]
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     summary = {

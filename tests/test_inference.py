@@ -353,5 +353,7 @@ def test_infer_jointly_matches_separate_solves() -> None:
     alone = [post(psi, mu, z, c_init=post_init), prior(psi, anchors, z.unsqueeze(-2), c_init=prior_init)]
     for j, a in zip(joint, alone, strict=True):
         assert j.c.shape == a.c.shape
-        torch.testing.assert_close(j.energy, a.energy, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(j.c, a.c, rtol=1e-6, atol=1e-8)
+        # Not bit for bit: a pair's iterates can differ in the last digits with the batch it shares (BLAS kernels
+        # for other batch sizes), and a slowly converging pair (M < d here) carries that along for ~80 iterations.
+        torch.testing.assert_close(j.energy, a.energy, rtol=1e-7, atol=1e-12)
+        torch.testing.assert_close(j.c, a.c, rtol=1e-5, atol=1e-7)

@@ -9,7 +9,15 @@ import pytest
 import scipy.linalg
 import torch
 
-from vaells.transport import TransportOperator, expm, expm_frechet_apply
+from vaells.transport import (
+    Closed2x2TransportApply,
+    EigenTransportApply,
+    TransportApply,
+    TransportOperator,
+    expm,
+    expm_frechet_apply,
+    transport_apply,
+)
 
 _NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=_NO_GPU)]
@@ -319,3 +327,66 @@ def test_solver_jacobian_adjoint_mode_matches_forward_mode(d: int, m: int) -> No
     tz, jac = expm_frechet_apply(a, psi, z0, tangent_tol=1e-12)
     torch.testing.assert_close(tz, tz_exact, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(jac, jac_exact, rtol=1e-9, atol=1e-11)
+
+
+# -- the solver's evaluations of T(c) z0 and its Jacobian (transport_apply) ---------------------------------------
+
+def _kernel_problem(d: int, m: int, scale: float, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    psi = scale * torch.randn(m, d, d, generator=gen, dtype=torch.float64)
+    z0 = torch.randn(300, d, generator=gen, dtype=torch.float64)
+    c = 4 * torch.randn(300, m, generator=gen, dtype=torch.float64)
+    c[:10] = 0.0  # A = 0: repeated eigenvalues, where eigenvector-based derivatives break down
+    return psi, z0, c
+
+
+@pytest.mark.parametrize(("d", "m", "scale", "kind"), [
+    (2, 1, 0.03, EigenTransportApply), (10, 1, 0.05, EigenTransportApply), (2, 4, 0.03, Closed2x2TransportApply),
+    (2, 3, 0.5, Closed2x2TransportApply), (6, 8, 0.05, TransportApply), (3, 2, 0.2, TransportApply),
+])
+def test_transport_apply_picks_a_closed_form_that_matches_scaling_and_squaring(d, m, scale, kind) -> None:
+    psi, z0, c = _kernel_problem(d, m, scale)
+    fast = transport_apply(psi)
+    assert type(fast) is kind
+    general = TransportApply(psi)
+    y0, j0 = general.with_jacobian(z0, c)
+    y1, j1 = fast.with_jacobian(z0, c)
+    assert torch.allclose(y1, y0, rtol=1e-12, atol=1e-12 * float(y0.abs().max()))
+    assert torch.allclose(j1, j0, rtol=1e-10, atol=1e-12 * float(j0.abs().max()))
+    assert torch.allclose(fast(z0, c), y0, rtol=1e-12, atol=1e-12 * float(y0.abs().max()))
+    assert torch.allclose(fast.generator_norm(c), general.generator_norm(c), rtol=1e-12)
+    # The residual along a direction matches its derivative (the closed forms' chain rule, checked directly).
+    step = 1e-6 * torch.randn_like(c)
+    fd = (fast(z0, c + step) - fast(z0, c - step)) / 2
+    assert torch.allclose(fd, (j1 @ step.unsqueeze(-1)).squeeze(-1), rtol=1e-5, atol=1e-9)
+
+
+def test_closed_2x2_form_near_and_across_zero_discriminant() -> None:
+    """delta = -det N crosses zero between a rotation (delta < 0) and a hyperbolic flow (delta > 0); the series
+    branch must join the cosh/cos branches without a jump."""
+    psi = torch.tensor([[[0.0, 1.0], [-1.0, 0.0]], [[1.0, 0.0], [0.0, -1.0]]], dtype=torch.float64)
+    t = torch.linspace(-1e-2, 1e-2, 401, dtype=torch.float64)
+    c = torch.stack([torch.full_like(t, 0.1), (0.01 + t).clamp_min(0).sqrt()], -1)  # delta = c2^2 - c1^2 ~ t
+    z0 = torch.tensor([[0.3, -0.7]], dtype=torch.float64).expand(len(t), 2)
+    y0, j0 = TransportApply(psi).with_jacobian(z0, c)
+    y1, j1 = Closed2x2TransportApply(psi).with_jacobian(z0, c)
+    assert torch.allclose(y1, y0, rtol=1e-13, atol=1e-14)
+    assert torch.allclose(j1, j0, rtol=1e-11, atol=1e-13)
+
+
+def test_ill_conditioned_single_operator_falls_back_to_scaling_and_squaring() -> None:
+    """A defective generator (a Jordan block) has no eigenbasis; the solver must not use one."""
+    psi = torch.tensor([[[0.1, 1.0], [0.0, 0.1]]], dtype=torch.float64)
+    assert type(transport_apply(psi)) is Closed2x2TransportApply
+    psi3 = torch.zeros(1, 3, 3, dtype=torch.float64)
+    psi3[0, 0, 1] = psi3[0, 1, 2] = 1.0
+    assert type(transport_apply(psi3)) is TransportApply
+
+
+def test_float32_jacobian_is_close_to_float64() -> None:
+    psi, z0, c = _kernel_problem(6, 8, 0.05)
+    general = TransportApply(psi)
+    j64 = general.jacobian(z0, c, tangent_tol=1e-8)
+    j32 = general.jacobian(z0, c, tangent_tol=1e-8, dtype=torch.float32)
+    assert j32.dtype == torch.float64
+    assert float((j32 - j64).abs().max() / j64.abs().max()) < 1e-5

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vaells.transport import check_finite, expm, expm_frechet_apply, generator_matrix
+from vaells.transport import TransportApply, check_finite, expm, generator_matrix, transport_apply
 
 #: The release's prior restarts: restart r draws c0 ~ U[-2.5 + 2.5 r, 2.5 r] (docs/method.md §1.3).
 DEFAULT_RESTARTS: tuple[tuple[float, float], ...] = ((-2.5, 0.0), (0.0, 2.5))
@@ -74,7 +74,7 @@ def energy(psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float | Te
 
 
 def _residual(
-    psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float | Tensor, max_norm: float
+    kernel: TransportApply, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float | Tensor, max_norm: float
 ) -> tuple[Tensor, Tensor]:
     """Energy (Q,) and residual r = T z0 - z1 (Q, d) at c (Q, M); no Jacobian (the cheap trial evaluation).
 
@@ -82,19 +82,18 @@ def _residual(
     like e^max_norm, which no latent transport needs, and the cost of expm grows with the norm. The solver
     rejects such trial points and shortens the step.
     """
-    a = generator_matrix(psi, c)
-    too_big = ~(a.abs().sum(-2).amax(-1) <= max_norm)  # also catches NaN
-    a = torch.where(too_big[:, None, None], torch.zeros_like(a), a)
-    r = (expm(a) @ z0.unsqueeze(-1)).squeeze(-1) - z1
+    too_big = ~(kernel.generator_norm(c) <= max_norm)  # also catches NaN
+    r = kernel(z0, torch.where(too_big[:, None], torch.zeros_like(c), c)) - z1
     e = 0.5 * r.pow(2).sum(-1) + l1_weight * c.abs().sum(-1)
     return torch.where(too_big, torch.full_like(e, math.inf), e), r
 
 
-def _jacobian(psi: Tensor, z0: Tensor, c: Tensor) -> Tensor:
+def _jacobian(kernel: TransportApply, z0: Tensor, c: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """dr/dc (Q, d, M) at c (Q, M); only ever asked for at accepted points."""
-    # A Jacobian good to 1e-8 relative costs fewer tangent terms and changes no fixed point: the energies
-    # that accept steps and the converged c come from the exact residual.
-    return expm_frechet_apply(generator_matrix(psi, c), psi, z0, tangent_tol=1e-8)[1]
+    # A Jacobian good to 1e-8 relative (1e-6 in float32) costs fewer tangent terms and changes no fixed
+    # point: it only shapes the steps, while the energies that accept them and the converged c come from the
+    # residual, in the solver's own dtype.
+    return kernel.jacobian(z0, c, tangent_tol=1e-8, dtype=dtype)
 
 
 def _soft(x: Tensor, t: float | Tensor) -> Tensor:
@@ -102,7 +101,7 @@ def _soft(x: Tensor, t: float | Tensor) -> Tensor:
 
 
 def _orthant_newton_step(
-    c: Tensor, g: Tensor, h: Tensor, mu: Tensor, l1_weight: Tensor, psi: Tensor, max_step: float,
+    c: Tensor, g: Tensor, h: Tensor, mu: Tensor, l1_weight: Tensor, kernel: TransportApply, max_step: float,
     bound: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One damped orthant-wise Newton step on g.delta + 1/2 delta^T h delta + lambda ||c + delta||_1.
@@ -125,7 +124,7 @@ def _orthant_newton_step(
     x = c + delta
     x = torch.where(x * orthant < 0, torch.zeros_like(x), x)  # project onto the orthant
     delta = x - c
-    step_norm = generator_matrix(psi, delta).abs().sum(-2).amax(-1)  # (Q,)
+    step_norm = kernel.generator_norm(delta)  # (Q,)
     delta = delta * (max_step / step_norm.clamp_min(max_step)).unsqueeze(-1)
     x = c + delta
     if bound is not None:  # projected step onto the box |c_m| <= bound
@@ -176,6 +175,7 @@ def infer_coefficients(
     max_coeff: float | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
+    jacobian_dtype: torch.dtype | None = None,
 ) -> InferenceResult:
     """MAP coefficients c_hat(z0 -> z1) for a batch of pairs, with random restarts; the lowest energy wins.
 
@@ -194,6 +194,8 @@ def infer_coefficients(
         max_coeff: optional box |c_m| <= max_coeff on the solution (see ``CoefficientSolver``).
         generator: random generator for the restart draws.
         dtype: the dtype to solve in; defaults to psi's (float64 in the project's default configuration).
+        jacobian_dtype: the dtype of the Jacobian (the search direction only; energies, acceptance and the
+            returned c stay in ``dtype``); defaults to ``dtype``.
 
     Returns:
         ``InferenceResult`` with c (..., M), energy (...,) and num_iters (...,) of the winning restart.
@@ -208,7 +210,8 @@ def infer_coefficients(
     psi = psi.detach().to(dtype)
     flat = _flatten(psi, z0, z1, c_init, restarts, generator)
     l1 = torch.full((flat.c.shape[0],), float(l1_weight), dtype=dtype, device=psi.device)
-    solution = _solve(psi, flat.z0, flat.z1, flat.c, l1, max_iter, ftol, max_norm, bound=_bound(max_coeff, l1))
+    solution = _solve(psi, flat.z0, flat.z1, flat.c, l1, max_iter, ftol, max_norm, bound=_bound(max_coeff, l1),
+                      jacobian_dtype=_dtype(jacobian_dtype))
     return flat.best(solution.c, solution.energy, solution.num_iters)
 
 
@@ -240,9 +243,20 @@ def infer_jointly(
     solution = _solve(
         psi, torch.cat([f.z0 for f in flats]), torch.cat([f.z1 for f in flats]), torch.cat([f.c for f in flats]),
         l1, max(sv.max_iter for sv in solvers), min(ftols) if ftols else None, 20.0, bound=bound,
+        jacobian_dtype=_joint_jacobian_dtype(solvers),
     )
     parts = zip(*(t.split(sizes) for t in (solution.c, solution.energy, solution.num_iters)), strict=True)
     return [f.best(c, e, it) for f, (c, e, it) in zip(flats, parts, strict=True)]
+
+
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    return getattr(torch, dtype.removeprefix("torch.")) if isinstance(dtype, str) else dtype
+
+
+def _joint_jacobian_dtype(solvers: Sequence[CoefficientSolver]) -> torch.dtype | None:
+    """One Jacobian dtype for a joint solve: a lower precision only when every solver asks for it."""
+    dtypes = {sv.jacobian_dtype for sv in solvers}
+    return dtypes.pop() if len(dtypes) == 1 else None
 
 
 def _bound(max_coeff: float | None, like: Tensor, inf: bool = False) -> Tensor | None:
@@ -319,6 +333,7 @@ def _solve(
     max_norm: float,
     max_step: float = 1.0,
     bound: Tensor | None = None,
+    jacobian_dtype: torch.dtype | None = None,
 ) -> InferenceResult:
     """Proximal Levenberg-Marquardt on Q flattened problems: z0, z1 (Q, d), c (Q, M) initial, lambda (Q,),
     and an optional box |c_m| <= bound (Q,) (inf: none), kept by projecting every step onto it."""
@@ -330,13 +345,14 @@ def _solve(
     xtol = eps**0.5  # relative step size at which a pair counts as converged
     ftol = ftol if ftol is not None else max(16 * eps, 1e-12)
 
-    e, r = _residual(psi, z0, z1, c, l1_weight, max_norm)
+    kernel = transport_apply(psi)  # the evaluation of T(c) z0 and its Jacobian that suits Psi's shape
+    e, r = _residual(kernel, z0, z1, c, l1_weight, max_norm)
     bad = ~torch.isfinite(e)
     if bool(bad.any()):
         # A start so large that expm overflows (or beyond max_norm): restart it from c = 0, where T = I.
         c = torch.where(bad.unsqueeze(-1), torch.zeros_like(c), c)
-        e, r = _residual(psi, z0, z1, c, l1_weight, max_norm)
-    jac = _jacobian(psi, z0, c)
+        e, r = _residual(kernel, z0, z1, c, l1_weight, max_norm)
+    jac = _jacobian(kernel, z0, c, jacobian_dtype)
 
     c = c.clone()  # updated in place below
     out_c = c.clone()
@@ -362,8 +378,8 @@ def _solve(
         lam = l1_weight + boost
         e = 0.5 * r.pow(2).sum(-1) + lam * c.abs().sum(-1)
         h = jac.transpose(1, 2) @ jac + s2  # (Q, M, M)
-        x, predicted = _orthant_newton_step(c, g, h, mu, lam, psi, max_step, bound)
-        e_new, r_new = _residual(psi, z0, z1, x, lam, max_norm)
+        x, predicted = _orthant_newton_step(c, g, h, mu, lam, kernel, max_step, bound)
+        e_new, r_new = _residual(kernel, z0, z1, x, lam, max_norm)
         accept = torch.isfinite(e_new) & (e_new < e)
         rho = ((e - e_new) / predicted.clamp_min(eps * e.clamp_min(eps))).clamp(0.0, 1.0)
         # Nielsen (1999): shrink mu smoothly with the gain ratio on success, grow it geometrically on failure.
@@ -379,7 +395,7 @@ def _solve(
         moved = accept.nonzero().squeeze(-1)
         if moved.numel():
             x_a, r_a = x[moved], r_new[moved]
-            jac_a = _jacobian(psi, z0[moved], x_a)
+            jac_a = _jacobian(kernel, z0[moved], x_a, jacobian_dtype)
             g_a = (jac_a.transpose(1, 2) @ r_a.unsqueeze(-1)).squeeze(-1)
             y_sharp = g_a - (jac[moved].transpose(1, 2) @ r_a.unsqueeze(-1)).squeeze(-1)
             s2[moved] = _secant_update(s2[moved], x_a - c[moved], g_a - g[moved], y_sharp)
@@ -425,6 +441,7 @@ class CoefficientSolver:
         ftol: float | None = None,
         dtype: str | torch.dtype | None = None,
         max_coeff: float | None = None,
+        jacobian_dtype: str | torch.dtype | None = None,
     ) -> None:
         if l1_weight < 0:
             raise ValueError(f"l1_weight must be >= 0, got {l1_weight}")
@@ -437,7 +454,8 @@ class CoefficientSolver:
         self.restarts = tuple((float(lo), float(hi)) for lo, hi in restarts)
         self.max_iter = int(max_iter)
         self.ftol = ftol
-        self.dtype = getattr(torch, dtype.removeprefix("torch.")) if isinstance(dtype, str) else dtype
+        self.dtype = _dtype(dtype)
+        self.jacobian_dtype = _dtype(jacobian_dtype)
 
     def __call__(
         self,
@@ -450,6 +468,7 @@ class CoefficientSolver:
         return infer_coefficients(
             psi, z0, z1, l1_weight=self.l1_weight, restarts=self.restarts, c_init=c_init,
             max_iter=self.max_iter, ftol=self.ftol, max_coeff=self.max_coeff, generator=generator, dtype=self.dtype,
+            jacobian_dtype=self.jacobian_dtype,
         )
 
     def __repr__(self) -> str:

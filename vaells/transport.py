@@ -29,12 +29,44 @@ def _taylor_degree(rho: float, dtype: torch.dtype, tol: float | None = None) -> 
 
 def _scale_for_taylor(a: Tensor, theta: float) -> tuple[Tensor, Tensor, int]:
     """Per-matrix scaling 2^-s with ||A / 2^s||_1 <= theta, and the Taylor degree that is then exact to
-    roundoff for every matrix in the batch.  Returns (s (...,), scaled A, degree)."""
+    roundoff for every matrix.  Returns (s (...,), scaled A, degree).
+
+    The degree is theta's, not the batch's largest norm's: each matrix's result then does not depend on which
+    other matrices share its batch (a joint solve equals separate ones, bit for bit), at the price of a few
+    products for batches of tiny matrices."""
     norm = a.detach().abs().sum(-2).amax(-1)  # (...,) induced 1-norm
     s = torch.ceil(torch.log2(norm / theta)).clamp_min(0.0).nan_to_num(0.0, posinf=0.0)
-    scale = torch.exp2(-s)
-    rho = float((norm * scale).max()) if norm.numel() else 0.0
-    return s, a * scale[..., None, None], _taylor_degree(min(rho, theta), a.dtype)
+    return s, a * torch.exp2(-s)[..., None, None], _taylor_degree(theta, a.dtype)
+
+
+def _taylor_paterson_stockmeyer(a: Tensor, degree: int) -> Tensor:
+    """sum_{k <= degree} A^k / k! with Paterson and Stockmeyer's grouping (Higham 2008, sec. 4.4.3): with
+    p ~ sqrt(degree), A^2 .. A^p once, then Horner's rule in A^p over blocks of p terms, each block a linear
+    combination of I, A, .., A^(p-1). That is about 2 sqrt(degree) products instead of Horner's degree
+    (6 instead of 14 at float64's degree), and the same polynomial."""
+    d = a.shape[-1]
+    eye = torch.eye(d, dtype=a.dtype, device=a.device).expand_as(a)
+    p = max(1, math.isqrt(degree))
+    if p * p < degree:
+        p += 1
+    powers = [eye, a]  # A^0 .. A^p
+    for _ in range(p - 1):
+        powers.append(powers[-1] @ a)
+    coeff = [1.0 / math.factorial(k) for k in range(degree + 1)]
+
+    def block(j: int) -> Tensor:  # sum_{i < p, jp + i <= degree} A^i / (jp + i)!
+        out = coeff[j * p] * powers[0]
+        for i in range(1, min(p, degree - j * p + 1)):
+            # Added one by one, not with stack().sum(): torch's reductions change their order with the batch
+            # size, and then a matrix's result would depend on its batch (a joint solve must equal separate ones).
+            out = out + coeff[j * p + i] * powers[i]
+        return out
+
+    last = degree // p
+    x = block(last)
+    for j in range(last - 1, -1, -1):
+        x = x @ powers[p] + block(j)
+    return x
 
 
 def _expm_taylor(a: Tensor, theta: float = 0.5) -> Tensor:
@@ -44,10 +76,7 @@ def _expm_taylor(a: Tensor, theta: float = 0.5) -> Tensor:
     per 4 x 4 matrix); this version is a handful of batched matmuls, on any device.
     """
     s, a, degree = _scale_for_taylor(a, theta)
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    x = eye.expand_as(a)
-    for k in range(degree, 0, -1):  # X <- I + X A / k
-        x = eye + (x @ a) / k
+    x = _taylor_paterson_stockmeyer(a, degree)
     for j in range(int(s.max()) if s.numel() else 0):
         x = torch.where((s > j)[..., None, None], x @ x, x)  # square only the matrices scaled this far
     return x
@@ -113,6 +142,151 @@ def _forward_mode_expm(a: Tensor, x_times_directions, k_dirs: int, theta: float,
         dx[rows] = torch.bmm(xs, dxs.view(-1, d, k_dirs * d)).view(-1, d * k_dirs, d) + torch.bmm(dxs, xs)
         x[rows] = torch.bmm(xs, xs)
     return x, dx
+
+
+class TransportApply:
+    """T(c) z0 = expm(sum_m c_m Psi_m) z0 and its Jacobian in c, for many pairs (z0, c) at one fixed Psi: the two
+    quantities coefficient inference evaluates at every iteration. ``transport_apply(psi)`` picks the cheapest
+    exact evaluation for Psi's shape; this base class is the general one (scaling and squaring, above).
+
+    z0 (Q, d), c (Q, M) -> T z0 (Q, d); ``with_jacobian`` also returns dT z0 / dc (Q, d, M). Not differentiable.
+    """
+
+    def __init__(self, psi: Tensor) -> None:
+        self.psi = psi  # (M, d, d)
+
+    def generator_norm(self, c: Tensor) -> Tensor:
+        """||sum_m c_m Psi_m||_1 (Q,), the induced 1-norm that bounds expm's growth."""
+        return generator_matrix(self.psi, c).abs().sum(-2).amax(-1)
+
+    def __call__(self, z0: Tensor, c: Tensor) -> Tensor:
+        return (expm(generator_matrix(self.psi, c)) @ z0.unsqueeze(-1)).squeeze(-1)
+
+    def with_jacobian(self, z0: Tensor, c: Tensor, tangent_tol: float | None = None) -> tuple[Tensor, Tensor]:
+        return expm_frechet_apply(generator_matrix(self.psi, c), self.psi, z0, tangent_tol=tangent_tol)
+
+    def jacobian(self, z0: Tensor, c: Tensor, tangent_tol: float, dtype: torch.dtype | None = None) -> Tensor:
+        """dT z0 / dc (Q, d, M) to a relative ``tangent_tol``, computed in ``dtype`` (default Psi's) and returned
+        in Psi's: a coefficient solver's search direction, which may be cheaper than its residuals. In float32
+        the tolerance is floored at 1e-6, what that precision can give."""
+        dtype = dtype or self.psi.dtype
+        if dtype == self.psi.dtype:
+            return self.with_jacobian(z0, c, tangent_tol)[1]
+        tol = max(tangent_tol, 1e-6) if dtype == torch.float32 else tangent_tol
+        a = generator_matrix(self.psi, c).to(dtype)
+        return expm_frechet_apply(a, self.psi.to(dtype), z0.to(dtype), tangent_tol=tol)[1].to(self.psi.dtype)
+
+
+class EigenTransportApply(TransportApply):
+    """M = 1: Psi = V diag(lambda) V^-1 once, so expm(c Psi) z0 = V (e^(c lambda) * V^-1 z0) and its derivative
+    V (lambda e^(c lambda) * V^-1 z0) cost O(d^2) per pair instead of a matrix exponential (complex arithmetic,
+    real results). Only used when V is well conditioned (``transport_apply``), which makes both exact to
+    roundoff times cond(V)."""
+
+    def __init__(self, psi: Tensor, lam: Tensor, v: Tensor, v_inv: Tensor) -> None:
+        super().__init__(psi)
+        self.lam, self.v_t, self.v_inv_t = lam, v.T, v_inv.T  # (d,), (d, d), (d, d), complex
+        self.psi_norm = psi[0].abs().sum(-2).amax(-1)
+
+    def generator_norm(self, c: Tensor) -> Tensor:
+        return c[:, 0].abs() * self.psi_norm
+
+    def jacobian(self, z0: Tensor, c: Tensor, tangent_tol: float, dtype: torch.dtype | None = None) -> Tensor:
+        return self.with_jacobian(z0, c)[1]  # exact and cheap: no reason for a lower precision
+
+    def _modes(self, z0: Tensor, c: Tensor) -> Tensor:
+        """e^(c lambda) * V^-1 z0, (Q, d) complex."""
+        return (z0.to(self.v_inv_t.dtype) @ self.v_inv_t) * torch.exp(c[:, :1] * self.lam)
+
+    def __call__(self, z0: Tensor, c: Tensor) -> Tensor:
+        return (self._modes(z0, c) @ self.v_t).real
+
+    def with_jacobian(self, z0: Tensor, c: Tensor, tangent_tol: float | None = None) -> tuple[Tensor, Tensor]:
+        w = self._modes(z0, c)
+        return (w @ self.v_t).real, ((w * self.lam) @ self.v_t).real.unsqueeze(-1)
+
+
+def _cosh_sinhc(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """C(x) = cosh(sqrt x), S(x) = sinh(sqrt x) / sqrt x and S'(x) = (C - S) / (2 x), entire in x (for x < 0 they
+    are cos(sqrt -x), sin(sqrt -x) / sqrt -x); series near x = 0, where the closed forms lose digits."""
+    small = x.abs() < 1e-3
+    xs = torch.where(small, torch.ones_like(x), x)  # keeps the unused branch finite
+    root = xs.abs().sqrt()
+    pos = xs > 0
+    c = torch.where(pos, torch.cosh(root), torch.cos(root))
+    s = torch.where(pos, torch.sinh(root), torch.sin(root)) / root
+    ds = (c - s) / (2 * xs)
+    # Series: C = sum x^k / (2k)!, S = sum x^k / (2k+1)!, S' = sum (k+1) x^k / (2k+3)!; |x| < 1e-3 makes the
+    # first dropped terms ~1e-19 relative.
+    c = torch.where(small, 1 + x * (1 / 2 + x * (1 / 24 + x * (1 / 720 + x / 40320))), c)
+    s = torch.where(small, 1 + x * (1 / 6 + x * (1 / 120 + x * (1 / 5040 + x / 362880))), s)
+    ds = torch.where(small, 1 / 6 + x * (1 / 60 + x * (1 / 1680 + x / 90720)), ds)
+    return c, s, ds
+
+
+class Closed2x2TransportApply(TransportApply):
+    """d = 2: with A = alpha I + N (alpha = tr A / 2, N traceless, N^2 = delta I with delta = -det N),
+    expm(A) = e^alpha (C(delta) I + S(delta) N) (``_cosh_sinhc``), and the derivative along Psi_m follows by the
+    chain rule in closed form: a few elementwise operations per pair, for any M."""
+
+    def __init__(self, psi: Tensor) -> None:
+        super().__init__(psi)
+        self.tr_half = (psi[:, 0, 0] + psi[:, 1, 1]) / 2  # (M,) d alpha / d c_m
+        self.p = (psi[:, 0, 0] - psi[:, 1, 1]) / 2  # (M,) N = [[p, b], [q, -p]]
+        self.b, self.q = psi[:, 0, 1], psi[:, 1, 0]
+
+    def jacobian(self, z0: Tensor, c: Tensor, tangent_tol: float, dtype: torch.dtype | None = None) -> Tensor:
+        return self.with_jacobian(z0, c)[1]  # exact and cheap: no reason for a lower precision
+
+    def _parts(self, c: Tensor):
+        alpha, p, b, q = c @ self.tr_half, c @ self.p, c @ self.b, c @ self.q  # (Q,) each
+        delta = p * p + b * q
+        return alpha, p, b, q, delta
+
+    @staticmethod
+    def _n_times(p: Tensor, b: Tensor, q: Tensor, z0: Tensor) -> Tensor:
+        """N z0 for N = [[p, b], [q, -p]]; p, b, q (..., ) broadcast against z0 (..., 2)."""
+        x, y = z0[..., 0], z0[..., 1]
+        return torch.stack([p * x + b * y, q * x - p * y], -1)
+
+    def __call__(self, z0: Tensor, c: Tensor) -> Tensor:
+        alpha, p, b, q, delta = self._parts(c)
+        cc, s, _ = _cosh_sinhc(delta)
+        return torch.exp(alpha)[:, None] * (cc[:, None] * z0 + s[:, None] * self._n_times(p, b, q, z0))
+
+    def with_jacobian(self, z0: Tensor, c: Tensor, tangent_tol: float | None = None) -> tuple[Tensor, Tensor]:
+        alpha, p, b, q, delta = self._parts(c)
+        cc, s, ds = _cosh_sinhc(delta)
+        ea = torch.exp(alpha)[:, None]
+        nz = self._n_times(p, b, q, z0)  # (Q, 2)
+        tz0 = ea * (cc[:, None] * z0 + s[:, None] * nz)
+        # Along Psi_m: d alpha = tr_m / 2, dN = N_m (its traceless part), d delta = 2 p p_m + b q_m + q b_m,
+        # dC = S / 2 d delta, dS = S' d delta.
+        d_delta = 2 * p[:, None] * self.p + b[:, None] * self.q + q[:, None] * self.b  # (Q, M)
+        dnz = self._n_times(self.p, self.b, self.q, z0[:, None, :])  # (Q, M, 2)
+        jac = (tz0[:, None, :] * self.tr_half[:, None]
+               + ea[:, None] * ((0.5 * s[:, None] * d_delta)[..., None] * z0[:, None, :]
+                                + (ds[:, None] * d_delta)[..., None] * nz[:, None, :]
+                                + s[:, None, None] * dnz))  # (Q, M, 2)
+        return tz0, jac.transpose(1, 2)
+
+
+def transport_apply(psi: Tensor, max_cond: float | None = None) -> TransportApply:
+    """The fastest exact ``TransportApply`` for Psi (M, d, d): the eigenbasis when M = 1 and Psi's eigenvectors
+    are well conditioned (cond(V) eps <= 1e-11 by default, so that both results stay within ~1e-11 of exact),
+    the closed 2 x 2 form when d = 2, else scaling and squaring."""
+    m, d, _ = psi.shape
+    if m == 1:
+        lam, v = torch.linalg.eig(psi[0])
+        v_inv, info = torch.linalg.inv_ex(v)  # a defective Psi (a Jordan block) has a singular V
+        finite = int(info) == 0 and bool(torch.isfinite(torch.view_as_real(v_inv)).all())
+        cond = float(torch.linalg.matrix_norm(v, 2) * torch.linalg.matrix_norm(v_inv, 2)) if finite else math.inf
+        limit = max_cond if max_cond is not None else 1e-11 / torch.finfo(psi.dtype).eps
+        if cond <= limit:
+            return EigenTransportApply(psi, lam, v, v_inv)
+    if d == 2:
+        return Closed2x2TransportApply(psi)
+    return TransportApply(psi)
 
 
 def generator_matrix(psi: Tensor, c: Tensor) -> Tensor:

@@ -346,6 +346,13 @@ class VAELLSModule(ModelBase):
 
     def _log_terms(self, stage: str, terms: dict[str, Tensor], out: dict[str, Any]) -> None:
         prior: InferenceResult = out["prior"]
+        batch_size = out["mu"].shape[0]
+        # Under DDP every rank validates the whole validation split (use_distributed_sampler: false): the epoch
+        # means agree across ranks, and syncing them only says so (and keeps Lightning from warning each epoch).
+        sync = stage == "val"
+        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=batch_size, sync_dist=sync)
+        if stage == "train" and not self._logging_step():
+            return  # the rest costs ~10 ms a step in Lightning's logging, and the logger would drop it anyway
         metrics = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
         metrics[f"{stage}/mse"] = (out["x_hat"] - out["x"]).pow(2).mean().detach()  # per dimension
         if stage == "train":
@@ -360,11 +367,12 @@ class VAELLSModule(ModelBase):
             }
             for m, (norm, drift) in enumerate(zip(self.transport.norms(), self.transport.drift(), strict=True)):
                 metrics |= {f"train/psi_norm_{m}": norm, f"train/psi_drift_{m}": drift}
-        # Under DDP every rank validates the whole validation split (use_distributed_sampler: false): the epoch
-        # means agree across ranks, and syncing them only says so (and keeps Lightning from warning each epoch).
-        sync = stage == "val"
-        self.log_dict(metrics, prog_bar=False, batch_size=out["mu"].shape[0], sync_dist=sync)
-        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=out["mu"].shape[0], sync_dist=sync)
+        self.log_dict(metrics, prog_bar=False, batch_size=batch_size, sync_dist=sync)
+
+    def _logging_step(self) -> bool:
+        """Whether the logger writes this training step (every ``trainer.log_every_n_steps``); True outside a fit."""
+        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
+        return True if connector is None else bool(connector.should_update_logs)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self.forward_terms(batch, self.weights)
