@@ -193,7 +193,7 @@ def bench_experiment(name: str, args) -> dict:
     finally:
         timers.restore()
     out: dict = {"phases": {}}
-    for phase, _, weight in [("ae", 0, 0.0), *phases]:
+    for phase, _, _ in [("ae", 0, 0.0), *phases]:
         timed = mean_parts(driver.samples[(phase, False)][warm:])
         if phase != "ae":
             timed["forward"] = timed.pop("forward_total", 0.0) - timed.get("inference", 0.0)
