@@ -370,9 +370,13 @@ class VAELLSModule(ModelBase):
         self.log_dict(metrics, prog_bar=False, batch_size=batch_size, sync_dist=sync)
 
     def _logging_step(self) -> bool:
-        """Whether the logger writes this training step (every ``trainer.log_every_n_steps``); True outside a fit."""
-        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
-        return True if connector is None else bool(connector.should_update_logs)
+        """Whether the logger writes this training step (every ``trainer.log_every_n_steps``), or it is an epoch's
+        last batch (train.log's summary and the progress lines report it), or a smoke run; True outside a fit."""
+        trainer = self._trainer
+        connector = getattr(trainer, "_logger_connector", None) if trainer is not None else None
+        if connector is None:
+            return True
+        return bool(connector.should_update_logs or trainer.is_last_batch or trainer.fast_dev_run)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self.forward_terms(batch, self.weights)
