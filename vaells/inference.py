@@ -10,8 +10,10 @@ there is no Python loop over pairs. The solver is a proximal Levenberg-Marquardt
 * Jacobian. d/dc_m [T(c) z0] = L(A, Psi_m) z0, where L(A, E) is the Frechet derivative of expm at A in
   direction E. ``transport.expm_frechet_apply`` computes expm(A) z0 and all M derivatives in one batched pass
   (forward-mode scaling and squaring, equivalent to exponentiating [[A, Psi_m], [0, A]]); no autograd and
-  no eigendecomposition, which the release used and which is ill-conditioned exactly where training
-  starts, at A = 0 with repeated eigenvalues.
+  no eigendecomposition of A, which the release used and which is ill-conditioned exactly where training
+  starts, at A = 0 with repeated eigenvalues. Where Psi's shape allows an exact shortcut
+  (``transport.transport_apply``: one operator, whose eigenbasis does not depend on c, or d = 2) it is used
+  instead (docs/method.md §1.3).
 * Step. With J (P, d, M) and r = T z0 - z1, minimise the composite model
   g.delta + 1/2 delta^T (J^T J + mu I) delta + lambda ||c + delta||_1 by an orthant-wise Newton step
   (Andrew & Gao 2007): minimum-norm pseudo-gradient of the L1 term, a Newton solve on the free coordinates,
