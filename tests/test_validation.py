@@ -88,6 +88,8 @@ CASES = [
     (["model.prior_solver.restarts=[]"], ["model.prior_solver.restarts=[]", "[low, high]"], []),
     (["model.psi_rule.shrink=1.5"], ["model.psi_rule.shrink=1.5", "in (0, 1]"], []),
     (["model.transport.dtype=float16"], ["model.transport.dtype=float16", "float32 or float64"], []),
+    (["model.prior_solver.jacobian_dtype=float16"],
+     ["model.prior_solver.jacobian_dtype=float16", "float32 or float64"], []),
     (["model.psi_optimizer._target_=torch.optim.Adm"], ["model.psi_optimizer._target_=torch.optim.Adm"], []),
     (["model.psi_rule=null"], ["model.psi_optimizer.lr=null", "e.g. model.psi_optimizer.lr="], []),
     (["model.weights.recon=abc"], ["model.weights.recon=abc", "a finite number"], []),

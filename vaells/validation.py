@@ -108,6 +108,8 @@ class SolverSchema:
     ftol: float | None = bound(">= 0", "the solver's tolerance on the objective (null: its default)")
     max_coeff: float | None = bound("> 0", "the bound on |c_m| (null: none)")
     dtype: str | None = bound("float32 or float64", "the solver's precision (null: the operator's)")
+    jacobian_dtype: str | None = bound("float32 or float64", "the precision of the solver's search direction "
+                                       "(null: the solver's)")
 
 
 @dataclass
