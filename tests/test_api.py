@@ -36,7 +36,10 @@ def _train(overrides: list[str], out: Path) -> tuple[Path, object, object]:
 
 @pytest.fixture(scope="module")
 def circles(tmp_path_factory) -> tuple[Path, object, object]:
-    return _train(["experiment=concentric_circles"], tmp_path_factory.mktemp("circles"))
+    # The paper's four circle operators (the experiment's default is one), so that c_hat and the per-operator
+    # paths have more than one coefficient to get wrong.
+    return _train(["experiment=concentric_circles", "model.num_operators=4", "model.prior_solver.max_coeff=10.0"],
+                  tmp_path_factory.mktemp("circles"))
 
 
 @pytest.fixture(scope="module")
