@@ -164,7 +164,9 @@ def test_settings_are_checked_with_the_key_named() -> None:
 
 # -- VAELLS ----------------------------------------------------------------------------------------------------
 def _vaells(tmp_path: Path, *overrides: str):
-    cfg = compose_train(["experiment=concentric_circles", "model.transport.init_std=0.3", *overrides], tmp_path)
+    # The paper's four circle operators (the experiment's default is one): M > d, where the prior's c_hat is bounded.
+    cfg = compose_train(["experiment=concentric_circles", "model.num_operators=4", "model.prior_solver.max_coeff=10.0",
+                         "model.transport.init_std=0.3", *overrides], tmp_path)
     dm = build_datamodule(cfg)
     return build_model(cfg, dm).eval(), dm
 

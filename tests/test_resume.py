@@ -117,11 +117,11 @@ def test_sigterm_checkpoints_logs_exits_nonzero_and_resumes_exactly(reference, t
 
 
 def test_resume_needs_only_the_run_and_refuses_changes(cli, tmp_path, monkeypatch) -> None:
-    """Circles (M = 4) against the swiss-roll defaults (M = 1): the config comes from the checkpoint."""
+    """Circles with M = 4 against the swiss-roll defaults (M = 1): the config comes from the checkpoint."""
     import train
 
     run = tmp_path / "run"
-    code, _, err = cli(train.main, "experiment=concentric_circles", "trainer.max_epochs=1",
+    code, _, err = cli(train.main, "experiment=concentric_circles", "model.num_operators=4", "trainer.max_epochs=1",
                        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "evaluate=false",
                        "~callbacks.latent_figures", f"hydra.run.dir={run}")
     assert code == 0, err

@@ -69,14 +69,14 @@ def test_a_short_run_its_logs_and_its_evaluation_beside_it(tmp_path: Path, cli) 
     # train.log: the config summary, the phase, the checkpoints and the time.
     log = (run / "train.log").read_text()
     assert "\r" not in log
-    for needed in ("experiment=concentric_circles model=vaells", "d = 2, M = 4",
+    for needed in ("experiment=concentric_circles model=vaells", "d = 2, M = 1",
                    "schedule: network and operators updated together", "batch 0: VAELLS phase",
                    "checkpoint with the best val/loss", "best-epoch=001.ckpt",
                    f"checkpoint of the final state: {run / 'checkpoints' / 'last.ckpt'}", "fit took"):
         assert needed in log, needed
     # hparams.yaml holds the whole run config, not only the data's keys.
     hparams = yaml.safe_load((run / "tensorboard" / "hparams.yaml").read_text())
-    assert hparams["model"]["num_operators"] == 4 and hparams["data"]["num_test_per_class"] == 40
+    assert hparams["model"]["num_operators"] == 1 and hparams["data"]["num_test_per_class"] == 40
     assert hparams["run"]["experiment"] == "concentric_circles"
     # train.py's own metrics.json carries the run's record too.
     metrics = json.loads((run / "metrics.json").read_text())
