@@ -121,7 +121,8 @@ def test_resume_needs_only_the_run_and_refuses_changes(cli, tmp_path, monkeypatc
     import train
 
     run = tmp_path / "run"
-    code, _, err = cli(train.main, "experiment=concentric_circles", "model.num_operators=4", "trainer.max_epochs=1",
+    code, _, err = cli(train.main, "experiment=concentric_circles", "model.num_operators=4",
+                       "model.prior_solver.max_coeff=10.0", "trainer.max_epochs=1",
                        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "evaluate=false",
                        "~callbacks.latent_figures", f"hydra.run.dir={run}")
     assert code == 0, err
