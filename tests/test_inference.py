@@ -357,3 +357,26 @@ def test_infer_jointly_matches_separate_solves() -> None:
         # for other batch sizes), and a slowly converging pair (M < d here) carries that along for ~80 iterations.
         torch.testing.assert_close(j.energy, a.energy, rtol=1e-7, atol=1e-12)
         torch.testing.assert_close(j.c, a.c, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("d", "l1", "max_coeff"), [(2, 5e-5, None), (3, 1e-6, None), (10, 1e-6, 4.0), (3, 0.5, None)])
+def test_one_operator_newton_matches_the_general_solver(monkeypatch, d: int, l1: float, max_coeff) -> None:
+    """M = 1 takes the scalar Newton path (Psi's eigenbasis); per pair, from the same starts, its energy is at most
+    the general Levenberg-Marquardt solver's (forced by refusing the eigenbasis), within roundoff. lambda = 0.5
+    pins coefficients at exact zeros; the box keeps |c| <= max_coeff."""
+    import vaells.inference as inference
+    from vaells.transport import EigenTransportApply, transport_apply
+
+    psi, z0, z1, c_init = _planted_set(3, d, 1, 64, scale=0.05)
+    assert isinstance(transport_apply(psi), EigenTransportApply)
+    newton = infer_coefficients(psi, z0, z1, l1_weight=l1, c_init=c_init, max_coeff=max_coeff)
+    monkeypatch.setattr(inference, "transport_apply", lambda p: transport_apply(p, max_cond=0.0))
+    general = infer_coefficients(psi, z0, z1, l1_weight=l1, c_init=c_init, max_coeff=max_coeff)
+    assert torch.all(newton.energy <= general.energy * (1 + 1e-9) + 1e-12), torch.stack(
+        [newton.energy, general.energy], -1)
+    torch.testing.assert_close(newton.energy, energy(psi, z0, z1, newton.c, l1), rtol=1e-10, atol=1e-14)
+    assert newton.num_iters.float().mean() <= general.num_iters.float().mean()
+    if max_coeff is not None:
+        assert bool((newton.c.abs() <= max_coeff).all())
+    if l1 == 0.5:
+        assert bool((newton.c == 0).any()) and bool((general.c[newton.c == 0] == 0).all())

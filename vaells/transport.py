@@ -187,6 +187,7 @@ class EigenTransportApply(TransportApply):
         super().__init__(psi)
         self.lam, self.v_t, self.v_inv_t = lam, v.T, v_inv.T  # (d,), (d, d), (d, d), complex
         self.psi_norm = psi[0].abs().sum(-2).amax(-1)
+        self.lam_powers = torch.stack([torch.ones_like(lam), lam, lam * lam])  # (3, d): the k-th derivative's factor
 
     def generator_norm(self, c: Tensor) -> Tensor:
         return c[:, 0].abs() * self.psi_norm
@@ -204,6 +205,16 @@ class EigenTransportApply(TransportApply):
     def with_jacobian(self, z0: Tensor, c: Tensor, tangent_tol: float | None = None) -> tuple[Tensor, Tensor]:
         w = self._modes(z0, c)
         return (w @ self.v_t).real, ((w * self.lam) @ self.v_t).real.unsqueeze(-1)
+
+    def eigen_coordinates(self, z0: Tensor) -> Tensor:
+        """V^-1 z0, (Q, d) complex: what ``derivatives`` needs of z0, computed once per solve."""
+        return z0.to(self.v_inv_t.dtype) @ self.v_inv_t
+
+    def derivatives(self, w0: Tensor, c: Tensor) -> Tensor:
+        """T(c) z0 and its first and second derivatives in the scalar c, (Q, 3, d): d^k/dc^k T(c) z0 =
+        V (lambda^k e^(c lambda) * w0), w0 = V^-1 z0 (``eigen_coordinates``), c (Q,). One product for all three."""
+        u = w0 * torch.exp(c[:, None] * self.lam)  # (Q, d)
+        return ((u.unsqueeze(1) * self.lam_powers) @ self.v_t).real
 
 
 def _cosh_sinhc(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
