@@ -160,6 +160,25 @@ def test_transport_gradcheck() -> None:
     assert torch.autograd.gradcheck(fn, (psi, c, z0))
 
 
+@pytest.mark.parametrize("kind", ["rotation", "saddle", "near_nilpotent", "mixed"])
+def test_expm_2x2_closed_form_gradient(kind: str) -> None:
+    """d = 2 takes the closed form; its value and gradient equal scaling and squaring's, also where
+    delta = -det N is near 0 (the series branch) or of either sign."""
+    from vaells.transport import _expm_taylor
+
+    g = _gen(7)
+    base = {"rotation": [[0.0, -2.0], [2.0, 0.0]], "saddle": [[1.5, 0.3], [0.2, -1.5]],
+            "near_nilpotent": [[1e-3, 1.0], [-1e-6, -1e-3]], "mixed": [[0.3, -1.2], [0.9, 0.1]]}[kind]
+    a = (torch.tensor(base, dtype=torch.float64) + 1e-3 * torch.randn(5, 2, 2, dtype=torch.float64, generator=g))
+    a.requires_grad_(True)
+    torch.testing.assert_close(expm(a), _expm_taylor(a), rtol=1e-13, atol=1e-13)
+    w = torch.randn(5, 2, 2, dtype=torch.float64, generator=g)
+    (got,) = torch.autograd.grad((expm(a) * w).sum(), a)
+    (want,) = torch.autograd.grad((_expm_taylor(a) * w).sum(), a)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(expm, (a,))
+
+
 def test_transport_gradcheck_across_squarings() -> None:
     """Large coefficients go through several squarings; their gradient must still be exact."""
     op = _operator(3, 2, seed=1, init_std=0.5)

@@ -192,7 +192,21 @@ class ModelBase(pl.LightningModule):
             self.consecutive_skips = 0
 
     def log_skips(self) -> None:
-        self.log("train/skipped_steps", float(self.skipped_steps))
+        if self._logging_step():  # a running count: the logger's steps see every change
+            self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def _logging_step(self) -> bool:
+        """Whether the logger writes this training step (every ``trainer.log_every_n_steps``), or it is an epoch's
+        last batch (train.log's summary and the progress lines report it), or a smoke run; True outside a fit.
+
+        Training steps log only their loss on other steps: each ``self.log`` call costs Lightning about a
+        millisecond (it moves its whole result record to the value's device), more than a small model's step
+        takes to compute, and the logger writes on-step values only at its own steps anyway."""
+        trainer = self._trainer
+        connector = getattr(trainer, "_logger_connector", None) if trainer is not None else None
+        if connector is None:
+            return True
+        return bool(connector.should_update_logs or trainer.is_last_batch or trainer.fast_dev_run)
 
     # -- exact resume --------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -369,7 +383,8 @@ class VariationalModel(ModelBase):
         skip = self.skip_if_nonfinite(terms)
         if not skip:
             self._log("train", terms, x_hat, batch["x"])
-        self.log_dict({"train/kl_weight": self.kl_weight, "train/batch": float(self.batch_counter)})
+        if self._logging_step():
+            self.log_dict({"train/kl_weight": self.kl_weight, "train/batch": float(self.batch_counter)})
         self.log_skips()
         self.batch_counter += 1
         return None if skip else terms["loss"]  # None: Lightning takes no backward and no optimizer step
@@ -382,8 +397,10 @@ class VariationalModel(ModelBase):
         metrics = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
         metrics[f"{stage}/mse"] = (x_hat - x).pow(2).mean().detach()  # per dimension
         sync = stage == "val"  # as VAELLSModule._log_terms: every DDP rank validates the whole split
-        self.log_dict(metrics, batch_size=x.shape[0], sync_dist=sync)
         self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=x.shape[0], sync_dist=sync)
+        if stage == "train" and not self._logging_step():
+            return
+        self.log_dict(metrics, batch_size=x.shape[0], sync_dist=sync)
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

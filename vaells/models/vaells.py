@@ -275,7 +275,8 @@ class VAELLSModule(ModelBase):
                 self.log("train/loss", loss, prog_bar=True)
             else:
                 self._log_terms("train", terms, out)
-        self.log_dict({"train/phase": float(PHASE_CODES[phase]), "train/batch": float(step)})
+        if self._logging_step():
+            self.log_dict({"train/phase": float(PHASE_CODES[phase]), "train/batch": float(step)})
         self.log_skips()
         self.batch_counter += 1
         return None
@@ -336,7 +337,8 @@ class VAELLSModule(ModelBase):
             with torch.no_grad():
                 self.transport.psi.copy_(old_psi)
         self.psi_rule.update(accepted, step - self.schedule.warmup_steps)
-        self.log_dict({"train/psi_accept_rate": self.psi_rule.accept_rate})
+        if self._logging_step():
+            self.log_dict({"train/psi_accept_rate": self.psi_rule.accept_rate})
 
     def _rank_mean(self, value: Tensor) -> Tensor:
         """``value`` averaged over the DDP ranks (itself on one process)."""
@@ -352,7 +354,7 @@ class VAELLSModule(ModelBase):
         sync = stage == "val"
         self.log(f"{stage}/loss", terms["loss"], prog_bar=True, batch_size=batch_size, sync_dist=sync)
         if stage == "train" and not self._logging_step():
-            return  # the rest costs ~10 ms a step in Lightning's logging, and the logger would drop it anyway
+            return  # the rest would cost ~10 ms a step in Lightning's logging, and the logger would drop it anyway
         metrics = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
         metrics[f"{stage}/mse"] = (out["x_hat"] - out["x"]).pow(2).mean().detach()  # per dimension
         if stage == "train":
@@ -368,15 +370,6 @@ class VAELLSModule(ModelBase):
             for m, (norm, drift) in enumerate(zip(self.transport.norms(), self.transport.drift(), strict=True)):
                 metrics |= {f"train/psi_norm_{m}": norm, f"train/psi_drift_{m}": drift}
         self.log_dict(metrics, prog_bar=False, batch_size=batch_size, sync_dist=sync)
-
-    def _logging_step(self) -> bool:
-        """Whether the logger writes this training step (every ``trainer.log_every_n_steps``), or it is an epoch's
-        last batch (train.log's summary and the progress lines report it), or a smoke run; True outside a fit."""
-        trainer = self._trainer
-        connector = getattr(trainer, "_logger_connector", None) if trainer is not None else None
-        if connector is None:
-            return True
-        return bool(connector.should_update_logs or trainer.is_last_batch or trainer.fast_dev_run)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self.forward_terms(batch, self.weights)
