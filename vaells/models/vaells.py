@@ -357,9 +357,10 @@ class VAELLSModule(ModelBase):
             return  # the rest would cost ~10 ms a step in Lightning's logging, and the logger would drop it anyway
         metrics = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
         metrics[f"{stage}/mse"] = (out["x_hat"] - out["x"]).pow(2).mean().detach()  # per dimension
+        self.log_dict(metrics, prog_bar=False, batch_size=batch_size, sync_dist=sync)
         if stage == "train":
             psi_lr = self.psi_rule.lr if self.psi_rule is not None else self.optimizers()[1].param_groups[0]["lr"]
-            metrics |= {
+            diagnostics = {
                 "train/psi_lr": psi_lr,
                 "train/psi_frobenius": self.transport.frobenius().detach(),
                 "train/prior_c_zero_frac": (prior.c == 0).float().mean(),
@@ -368,8 +369,8 @@ class VAELLSModule(ModelBase):
                 "train/prior_solver_iters": prior.num_iters.float().mean(),
             }
             for m, (norm, drift) in enumerate(zip(self.transport.norms(), self.transport.drift(), strict=True)):
-                metrics |= {f"train/psi_norm_{m}": norm, f"train/psi_drift_{m}": drift}
-        self.log_dict(metrics, prog_bar=False, batch_size=batch_size, sync_dist=sync)
+                diagnostics |= {f"train/psi_norm_{m}": norm, f"train/psi_drift_{m}": drift}
+            self.log_to_loggers(diagnostics)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self.forward_terms(batch, self.weights)
