@@ -109,7 +109,7 @@ def _built(experiment: str, root: Path, tmp_path: Path):
 # -- configs and the app -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("experiment", "d", "m", "n_a", "size", "dm_class"),
-    [("rotated_mnist", 10, 1, 10, 32, RotatedMNISTDataModule), ("natural_mnist", 6, 8, 8, 28, MNISTDataModule)],
+    [("rotated_mnist", 10, 1, 5, 32, RotatedMNISTDataModule), ("natural_mnist", 6, 8, 8, 28, MNISTDataModule)],
 )
 def test_experiment_composes_and_builds(experiment, d, m, n_a, size, dm_class, mnist_root, tmp_path) -> None:
     cfg, dm, model = _built(experiment, mnist_root, tmp_path)
