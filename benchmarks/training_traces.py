@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len(labels) != len(args.runs):
         parser.error(f"--labels needs one label per run ({len(args.runs)}), got {len(labels)}")
     traces = {label: read_scalar(run, args.tag) for label, run in zip(labels, args.runs, strict=True)}
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
     for label, points in traces.items():
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=label)
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
         ax.axhline(args.threshold, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("batch")
     ax.set_ylabel(args.tag)
-    ax.legend()
+    # Beside the axes: traces cross the whole plot, so no corner inside it stays free.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
