@@ -18,6 +18,7 @@ loop). ``step_ms`` is the schedule's mean over its VAELLS phases (alternating: w
 
     python benchmarks/step.py --root /path/to/mnist          # all four experiments (MNIST from that root)
     python benchmarks/step.py --experiments swiss_roll concentric_circles --steps 10
+    python benchmarks/step.py --root /path/to/mnist --experiments natural_mnist --overrides KEY=VALUE
 
 MNIST experiments need ``--root`` (a folder holding MNIST/raw); without it they are skipped. Prints a table,
 then one JSON line: ``{"settings": {name: {"step_ms", "reference_step_ms", "ae_step_ms", "speedup",
@@ -165,6 +166,7 @@ def bench_experiment(name: str, args) -> dict:
                  f"trainer.default_root_dir={root_dir}"]
     if name in MNIST:
         overrides += [f"data.root={args.root}", "data.download=false"]
+    overrides += args.overrides
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -224,6 +226,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for every experiment, e.g. "
+                        "model.prior_solver.screen_after=null to time a setting against the default")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)

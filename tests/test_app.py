@@ -200,6 +200,10 @@ def test_unknown_experiment_exits_nonzero_listing_the_options(tmp_path: Path) ->
         (["experiment=concentric_circles", "data.anchors_per_class=0"], "anchors_per_class"),
         (["experiment=concentric_circles", "data.anchors_per_class=500"], "anchors_per_class"),
         (["ll_samples=0"], "ll_samples"),
+        # anchor screening: only for a closest-anchor prior, and before the solver's last iteration
+        (["model.closest_anchor=false", "model.prior_solver.screen_after=4"], "screen_after"),
+        (["model.prior_solver.screen_after=20"], "screen_after"),
+        (["model.prior_solver.screen_keep=0"], "screen_keep"),
     ],
 )
 def test_bad_settings_stop_before_training(overrides, field, tmp_path: Path, cli, no_fit) -> None:

@@ -380,3 +380,86 @@ def test_one_operator_newton_matches_the_general_solver(monkeypatch, d: int, l1:
         assert bool((newton.c.abs() <= max_coeff).all())
     if l1 == 0.5:
         assert bool((newton.c == 0).any()) and bool((general.c[newton.c == 0] == 0).all())
+
+
+# -- anchor screening (closest-anchor prior) --------------------------------------------------------------
+def test_screen_survivors_are_the_best_of_each_group() -> None:
+    from vaells.inference import _Screen
+
+    groups = torch.tensor([0, 0, 0, -1, 1, 1, 2, -1, 0])
+    e = torch.tensor([3.0, 1.0, 2.0, 9.0, 5.0, 4.0, 7.0, 8.0, 0.5])
+    keep = _Screen(groups, after=1, keep=1).survivors(e)
+    assert keep.tolist() == [False, False, False, True, False, True, True, True, True]
+    keep2 = _Screen(groups, after=1, keep=2).survivors(e)
+    assert keep2.tolist() == [False, True, False, True, True, True, True, True, True]
+
+
+def _anchored_problem(seed: int, b: int = 6, n_a: int = 5, d: int = 3, m: int = 4):
+    """M > d (the general solver): each z is a small transport of one 'home' anchor; the others are far."""
+    g = _gen(seed)
+    psi = 0.1 * torch.randn(m, d, d, dtype=F64, generator=g)
+    anchors = 3 * torch.randn(b, n_a, d, dtype=F64, generator=g)
+    home = torch.randint(n_a, (b,), generator=g)
+    c = 0.5 * torch.randn(b, m, dtype=F64, generator=g)
+    z = _transport(psi, c, anchors[torch.arange(b), home])
+    # One start per anchor, so that the pair which goes on is the very pair the unscreened solve returns.
+    init = restart_inits((b, n_a), m, [(-2.5, 2.5)], generator=g)
+    return psi, anchors, z.unsqueeze(-2), init, home
+
+
+def test_screening_keeps_the_closest_anchor_and_its_coefficients() -> None:
+    """After screen_after iterations only each sample's best anchor goes on; it ends where the unscreened solve
+    ends, the closest anchor is the same, and every returned energy is the true energy of its c."""
+    psi, anchors, z, init, home = _anchored_problem(0)
+    full = infer_coefficients(psi, anchors, z, l1_weight=1e-6, c_init=init, max_iter=30)
+    screened = infer_coefficients(psi, anchors, z, l1_weight=1e-6, c_init=init, max_iter=30, screen_after=4)
+    assert (full.energy.argmin(-1) == home).all()
+    best = screened.energy.argmin(-1)
+    assert (best == home).all()
+    rows = torch.arange(z.shape[0])
+    torch.testing.assert_close(screened.c[rows, best], full.c[rows, home], rtol=1e-5, atol=1e-7)
+    # the others stopped at iteration 4 (or converged before it)
+    went_on = screened.num_iters > 4
+    assert (went_on.sum(-1) <= 1).all() and went_on[rows, best].any()
+    assert (screened.num_iters[~went_on] <= 4).all()
+    torch.testing.assert_close(screened.energy, energy(psi, anchors, z, screened.c, 1e-6), rtol=1e-10, atol=1e-14)
+    # screening never loses: each anchor's energy is at least the unscreened one (it only iterated less)
+    assert (screened.energy >= full.energy * (1 - 1e-9)).all()
+
+
+def test_joint_screening_leaves_the_posterior_alone() -> None:
+    from vaells.inference import infer_jointly
+
+    psi, anchors, z, init, _ = _anchored_problem(3)
+    g = _gen(4)
+    mu = z.squeeze(-2) + 0.05 * torch.randn(z.shape[0], 3, dtype=F64, generator=g)
+    post_init = restart_inits((z.shape[0],), 4, [(0.0, 1.0)], generator=g)
+    post = CoefficientSolver(max_iter=20, restarts=[(0.0, 1.0)])
+    prior_plain = CoefficientSolver(max_iter=20)
+    prior_screened = CoefficientSolver(max_iter=20, screen_after=3, screen_keep=2)
+    plain = infer_jointly(psi, [(post, mu, z.squeeze(-2), post_init), (prior_plain, anchors, z, init)])
+    screened = infer_jointly(psi, [(post, mu, z.squeeze(-2), post_init), (prior_screened, anchors, z, init)])
+    torch.testing.assert_close(screened[0].c, plain[0].c, rtol=1e-6, atol=1e-9)
+    assert ((screened[1].num_iters > 3).sum(-1) <= 2).all()
+    with pytest.raises(ValueError, match="screen_after"):
+        CoefficientSolver(max_iter=20, screen_after=20)
+
+
+def test_one_operator_screening_keeps_the_closest_anchor() -> None:
+    """The one-operator solver screens alike: the closest anchor is solved exactly as without screening, the
+    others stop at the screen."""
+    psi, c_star, z0, z1, good, _ = _spiral_problem(8, seed=5)
+    g = _gen(6)
+    # Anchor 0 of each sample is its spiral start; anchors 1-3 are far off the orbit: slow, far from 0 energy.
+    anchors = torch.cat([z0.unsqueeze(1), 3 * torch.randn(8, 3, 2, dtype=F64, generator=g)], 1)  # (8, 4, 2)
+    init = torch.cat([good.unsqueeze(1), 2 * torch.rand(8, 3, 1, dtype=F64, generator=g)], 1).unsqueeze(-2)
+    full = infer_coefficients(psi, anchors, z1.unsqueeze(1), l1_weight=1e-8, c_init=init, max_iter=40)
+    screened = infer_coefficients(psi, anchors, z1.unsqueeze(1), l1_weight=1e-8, c_init=init, max_iter=40,
+                                  screen_after=2)
+    assert (full.energy.argmin(-1) == 0).all() and (screened.energy.argmin(-1) == 0).all()
+    torch.testing.assert_close(screened.c[:, 0], full.c[:, 0], rtol=0, atol=0)
+    assert (screened.num_iters[:, 1:] <= 2).all() and (full.num_iters[:, 1:] > 2).any()
+    torch.testing.assert_close(screened.energy, energy(psi, anchors, z1.unsqueeze(1), screened.c, 1e-8),
+                               rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="screen_keep"):
+        CoefficientSolver(screen_keep=0)

@@ -188,6 +188,8 @@ def infer_coefficients(
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
     jacobian_dtype: torch.dtype | None = None,
+    screen_after: int | None = None,
+    screen_keep: int = 1,
 ) -> InferenceResult:
     """MAP coefficients c_hat(z0 -> z1) for a batch of pairs, with random restarts; the lowest energy wins.
 
@@ -208,6 +210,11 @@ def infer_coefficients(
         dtype: the dtype to solve in; defaults to psi's (float64 in the project's default configuration).
         jacobian_dtype: the dtype of the Jacobian (the search direction only; energies, acceptance and the
             returned c stay in ``dtype``); defaults to ``dtype``.
+        screen_after, screen_keep: for callers that keep only the lowest-energy entry along the last batch
+            dimension (a closest-anchor prior: z0 (B, N_a, d) anchors, z1 (B, 1, d)): after ``screen_after``
+            iterations only the ``screen_keep`` lowest-energy pairs of each group (one sample's anchors and their
+            restarts) go on iterating; the others return the c they have reached, with its true energy (docs/
+            method.md §1.3). None: no screening.
 
     Returns:
         ``InferenceResult`` with c (..., M), energy (...,) and num_iters (...,) of the winning restart.
@@ -222,8 +229,12 @@ def infer_coefficients(
     psi = psi.detach().to(dtype)
     flat = _flatten(psi, z0, z1, c_init, restarts, generator)
     l1 = torch.full((flat.c.shape[0],), float(l1_weight), dtype=dtype, device=psi.device)
+    screen = None
+    if screen_after is not None:
+        groups = _groups(flat, True, 0)
+        screen = _Screen(groups, int(screen_after), int(screen_keep))
     solution = _solve(psi, flat.z0, flat.z1, flat.c, l1, max_iter, ftol, max_norm, bound=_bound(max_coeff, l1),
-                      jacobian_dtype=_dtype(jacobian_dtype))
+                      jacobian_dtype=_dtype(jacobian_dtype), screen=screen)
     return flat.best(solution.c, solution.energy, solution.num_iters)
 
 
@@ -252,10 +263,22 @@ def infer_jointly(
     bound = None
     if any(sv.max_coeff is not None for sv in solvers):
         bound = torch.cat([_bound(sv.max_coeff, l1[:n], inf=True) for sv, n in zip(solvers, sizes, strict=True)])
+    screen = None
+    if any(sv.screen_after is not None for sv in solvers):
+        groups, offset = [], 0
+        for f, sv in zip(flats, solvers, strict=True):  # group ids unique across the requests
+            groups.append(_groups(f, sv.screen_after is not None, offset))
+            offset += f.c.shape[0]
+        afters = {sv.screen_after for sv in solvers} - {None}
+        keeps = {sv.screen_keep for sv in solvers if sv.screen_after is not None}
+        if len(afters) > 1 or len(keeps) > 1:
+            raise ValueError(f"solvers solved jointly must screen alike; got screen_after {sorted(afters)} and "
+                             f"screen_keep {sorted(keeps)}")
+        screen = _Screen(torch.cat(groups), afters.pop(), keeps.pop())
     solution = _solve(
         psi, torch.cat([f.z0 for f in flats]), torch.cat([f.z1 for f in flats]), torch.cat([f.c for f in flats]),
         l1, max(sv.max_iter for sv in solvers), min(ftols) if ftols else None, 20.0, bound=bound,
-        jacobian_dtype=_joint_jacobian_dtype(solvers),
+        jacobian_dtype=_joint_jacobian_dtype(solvers), screen=screen,
     )
     parts = zip(*(t.split(sizes) for t in (solution.c, solution.energy, solution.num_iters)), strict=True)
     return [f.best(c, e, it) for f, (c, e, it) in zip(flats, parts, strict=True)]
@@ -310,6 +333,42 @@ class _Flat:
         )
 
 
+@dataclass
+class _Screen:
+    """Pairs that compete: after ``after`` iterations only the ``keep`` lowest-energy pairs of each group go on
+    iterating; the others return the c they have reached. ``groups`` (Q,) holds each pair's group, -1 for pairs
+    that never compete."""
+
+    groups: Tensor
+    after: int
+    keep: int
+
+    def survivors(self, e: Tensor) -> Tensor:
+        """Which of the Q pairs, at energies e (Q,) (those that already stopped at their final energy), may go on:
+        the ``keep`` lowest of each group, and every pair of group -1."""
+        order = torch.argsort(e, stable=True)
+        order = order[torch.argsort(self.groups[order], stable=True)]  # by group, then by energy within it
+        sorted_groups = self.groups[order]
+        pos = torch.arange(order.numel(), device=e.device)
+        starts = torch.ones_like(sorted_groups, dtype=torch.bool)
+        starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
+        rank = pos - torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), 0).values
+        keep = torch.empty_like(starts)
+        keep[order] = (rank < self.keep) | (sorted_groups < 0)
+        return keep
+
+
+def _groups(flat: _Flat, screened: bool, offset: int) -> Tensor:
+    """Group ids (Q,) of a request's flattened pairs, from ``offset`` on: when ``screened``, the pairs
+    that share every batch index but the last (a sample's anchors) and their restarts form one group; otherwise
+    -1."""
+    q = flat.c.shape[0]
+    if not screened:
+        return torch.full((q,), -1, dtype=torch.long, device=flat.c.device)
+    per_group = flat.num_restarts * (flat.batch_shape[-1] if len(flat.batch_shape) else 1)
+    return offset + torch.arange(q, device=flat.c.device) // per_group
+
+
 def _flatten(
     psi: Tensor,
     z0: Tensor,
@@ -346,9 +405,11 @@ def _solve(
     max_step: float = 1.0,
     bound: Tensor | None = None,
     jacobian_dtype: torch.dtype | None = None,
+    screen: _Screen | None = None,
 ) -> InferenceResult:
     """Proximal Levenberg-Marquardt on Q flattened problems: z0, z1 (Q, d), c (Q, M) initial, lambda (Q,),
-    and an optional box |c_m| <= bound (Q,) (inf: none), kept by projecting every step onto it."""
+    and an optional box |c_m| <= bound (Q,) (inf: none), kept by projecting every step onto it. ``screen``
+    drops the losers of each competing group from the working set after its first iterations."""
     q, m = c.shape
     if bound is not None:
         c = torch.maximum(torch.minimum(c, bound.unsqueeze(-1)), -bound.unsqueeze(-1))
@@ -360,7 +421,7 @@ def _solve(
     kernel = transport_apply(psi)  # the evaluation of T(c) z0 and its Jacobian that suits Psi's shape
     if isinstance(kernel, EigenTransportApply):
         return InferenceResult(*_solve_scalar(kernel, z0, z1, c[:, 0], l1_weight, max_iter, ftol, max_norm, max_step,
-                                              bound))
+                                              bound, screen))
     e, r = _residual(kernel, z0, z1, c, l1_weight, max_norm)
     bad = ~torch.isfinite(e)
     if bool(bad.any()):
@@ -389,7 +450,10 @@ def _solve(
     # at the true lambda (0.6 per iteration for max_iter = 100; tuned on the benchmark problems).
     decay = (unboosted / boost.clamp_min(unboosted)).clamp_max(1.0) ** (2.5 / max_iter)
 
-    for _ in range(max_iter):
+    # With screening, the energies at which pairs stopped, so that a pair that converged early still counts
+    # among its group's best.
+    stopped_e = None if screen is None else torch.full((q,), math.inf, dtype=c.dtype, device=c.device)
+    for it in range(1, max_iter + 1):
         lam = l1_weight + boost
         e = 0.5 * r.pow(2).sum(-1) + lam * c.abs().sum(-1)
         h = jac.transpose(1, 2) @ jac + s2  # (Q, M, M)
@@ -417,6 +481,11 @@ def _solve(
             c[moved], r[moved], g[moved], jac[moved] = x_a, r_a, g_a, jac_a
         boost = torch.where(boost > unboosted, decay * boost, torch.zeros_like(boost))
         its = its + 1
+        if screen is not None and it <= screen.after:
+            e_now = 0.5 * r.pow(2).sum(-1) + l1_weight * c.abs().sum(-1)
+            if it == screen.after:
+                done = done | ~screen.survivors(stopped_e.index_put((idx,), e_now))[idx]
+            stopped_e[idx[done]] = e_now[done]
         if bool(done.any()):
             out_c[idx[done]], out_it[idx[done]] = c[done], its[done]
             keep = ~done
@@ -436,7 +505,7 @@ def _solve(
 
 def _solve_scalar(
     kernel: EigenTransportApply, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: Tensor, max_iter: int, ftol: float,
-    max_norm: float, max_step: float, bound: Tensor | None,
+    max_norm: float, max_step: float, bound: Tensor | None, screen: _Screen | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One operator (M = 1) in Psi's eigenbasis: exact proximal Newton on the scalar problem
     E(c) = 1/2 ||r(c)||^2 + lambda |c|, r(c) = V (e^(c Lambda) * V^-1 z0) - z1 (docs/method.md §1.3).
@@ -447,8 +516,8 @@ def _solve_scalar(
     trust radius that doubles after a success and shrinks to a quarter of the failed step. Where E is not
     convex (h <= |g| / radius) the curvature is raised to |g| / radius, a step of the radius downhill.
     This is a few elementwise operations per pair and iteration, against the general solver's hundreds of
-    small tensor operations; the minimiser sought is the same. c (Q,) starts, lambda and bound (Q,);
-    returns c_hat (Q, 1), E(c_hat) (Q,) and the iterations each pair used (Q,).
+    small tensor operations; the minimiser sought is the same. c (Q,) starts, lambda and bound (Q,), ``screen``
+    as in ``_solve``; returns c_hat (Q, 1), E(c_hat) (Q,) and the iterations each pair used (Q,).
     """
     q = c.shape[0]
     eps = torch.finfo(c.dtype).eps
@@ -487,6 +556,8 @@ def _solve_scalar(
                 | (radius <= scale) | (e <= eps * eps))
         radius = torch.where(live, torch.where(accept, torch.maximum(radius, 2 * step), 0.25 * step), radius)
         c, e, g, h = (torch.where(accept, new, old) for new, old in ((x, c), (e_new, e), (g_new, g), (h_new, h)))
+        if screen is not None and it == screen.after:  # out_e holds the energies of the pairs compacted away
+            done = done | ~screen.survivors(out_e.index_put((idx,), e))[idx]
         its = torch.where(done & live, it, its)
         live = live & ~done
         left = int(live.sum())
@@ -527,9 +598,18 @@ class CoefficientSolver:
         dtype: str | torch.dtype | None = None,
         max_coeff: float | None = None,
         jacobian_dtype: str | torch.dtype | None = None,
+        screen_after: int | None = None,
+        screen_keep: int = 1,
     ) -> None:
         if l1_weight < 0:
             raise ValueError(f"l1_weight must be >= 0, got {l1_weight}")
+        if screen_after is not None and not 1 <= int(screen_after) < int(max_iter):
+            raise ValueError(f"screen_after={screen_after} must lie in [1, max_iter={max_iter}): set it below "
+                             "max_iter, or null for no screening")
+        if int(screen_keep) < 1:
+            raise ValueError(f"screen_keep must be >= 1, got {screen_keep}")
+        self.screen_after = None if screen_after is None else int(screen_after)
+        self.screen_keep = int(screen_keep)
         if max_coeff is not None and not max_coeff > 0:
             raise ValueError(f"max_coeff must be > 0 (or null for no bound), got {max_coeff}")
         self.max_coeff = None if max_coeff is None else float(max_coeff)
@@ -553,7 +633,7 @@ class CoefficientSolver:
         return infer_coefficients(
             psi, z0, z1, l1_weight=self.l1_weight, restarts=self.restarts, c_init=c_init,
             max_iter=self.max_iter, ftol=self.ftol, max_coeff=self.max_coeff, generator=generator, dtype=self.dtype,
-            jacobian_dtype=self.jacobian_dtype,
+            jacobian_dtype=self.jacobian_dtype, screen_after=self.screen_after, screen_keep=self.screen_keep,
         )
 
     def __repr__(self) -> str:

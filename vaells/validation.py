@@ -110,6 +110,9 @@ class SolverSchema:
     dtype: str | None = bound("float32 or float64", "the solver's precision (null: the operator's)")
     jacobian_dtype: str | None = bound("float32 or float64", "the precision of the solver's search direction "
                                        "(null: the solver's)")
+    screen_after: int | None = bound(">= 1", "iterations after which a closest-anchor prior goes on with each "
+                                     "sample's best anchors only (null: no screening)", "4")
+    screen_keep: int = bound(">= 1", "the anchors per sample that go on after screen_after", "1")
 
 
 @dataclass

@@ -89,6 +89,18 @@ class VAELLSModule(ModelBase):
             )
         if latent_scale <= 0 or noise_std < 0 or weights.post_l1 <= 0:
             raise ValueError("model.latent_scale and model.weights.post_l1 must be > 0 and model.noise_std >= 0")
+        # Screening drops all but each sample's best anchors midway: right for a prior that keeps only the closest
+        # anchor, wrong for the mixture over all of them, and meaningless for the posterior's one pair per sample.
+        if getattr(prior_solver, "screen_after", None) is not None and not closest_anchor:
+            raise ValueError(
+                f"model.prior_solver.screen_after={prior_solver.screen_after} needs model.closest_anchor=true (the "
+                "mixture prior uses every anchor's coefficients); set model.prior_solver.screen_after=null"
+            )
+        if getattr(posterior_solver, "screen_after", None) is not None:
+            raise ValueError(
+                f"model.posterior_solver.screen_after={posterior_solver.screen_after}: the posterior has one pair per "
+                "sample, nothing to screen; set model.posterior_solver.screen_after=null"
+            )
         self.automatic_optimization = False
         self.latent_dim = latent_dim
         self.encoder, self.decoder, self.transport = encoder, decoder, transport
