@@ -152,3 +152,34 @@ def test_rotated_small_digits_load_offline_with_rotations_and_per_sample_anchors
     assert float(digits.amax()) == pytest.approx(1.0, abs=0.01) and float(digits[..., :6, :].abs().max()) == 0
     # Test digits are upright.
     assert float(dm.test_set[0]["angle"]) == 0.0
+
+
+def test_decay_when_learned_starts_the_step_decay_once_the_metric_is_reached() -> None:
+    from types import SimpleNamespace
+
+    from vaells.evaluation.monitors import DecayWhenLearned
+    from vaells.models.schedule import AcceptRejectRule
+
+    rule = AcceptRejectRule(lr=1e-3, decay_after=5000)
+    module = SimpleNamespace(psi_rule=rule, batch_counter=2000, schedule=SimpleNamespace(warmup_steps=1500))
+    callback = DecayWhenLearned("val/rotation_order", threshold=0.8)
+
+    def validate(value, counter):
+        module.batch_counter = counter
+        trainer = SimpleNamespace(sanity_checking=False, callback_metrics={"val/rotation_order": torch.tensor(value)})
+        callback.on_validation_end(trainer, module)
+
+    validate(0.5, 2000)
+    assert rule.decay_after == 5000  # not learned yet
+    validate(0.85, 2600)
+    assert rule.decay_after == 1100  # 2600 - 1500: from this VAELLS batch on
+    validate(0.95, 3000)
+    assert rule.decay_after == 1100  # the first time only
+    restored = AcceptRejectRule(lr=1e-3, decay_after=5000)
+    restored.load_state_dict(rule.state_dict())
+    assert restored.decay_after == 1100  # a resumed run keeps it
+    old = {k: v for k, v in rule.state_dict().items() if k != "decay_after"}
+    restored.load_state_dict(old)  # checkpoints written before decay_after was saved
+    assert restored.decay_after == 1100
+    callback.on_validation_end(SimpleNamespace(sanity_checking=False, callback_metrics={}), module)  # not logged
+    assert rule.decay_after == 1100

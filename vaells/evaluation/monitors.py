@@ -9,14 +9,21 @@ none, and get nothing from it):
 - with rotated digits, ``val/rotation_order`` and ``val/rotation_match`` (``evaluation.images.rotation_metrics``)
   on a fixed, seeded subset of upright validation digits, so a user sees when the rotation is learned or
   lost, and a checkpoint can be chosen by it (``conf/experiment/rotated_mnist.yaml``).
+
+``DecayWhenLearned`` starts the operators' step decay (``AcceptRejectRule``'s titration) at the first validation
+whose monitored metric reaches a threshold, instead of at a fixed batch.
 """
 
 from __future__ import annotations
+
+import logging
 
 import pytorch_lightning as pl
 import torch
 
 from vaells.models.base import has_operators
+
+log = logging.getLogger(__name__)
 
 
 class OperatorMonitor(pl.Callback):
@@ -61,3 +68,29 @@ class OperatorMonitor(pl.Callback):
         # Every rank computes the same values (the subset is fixed, and trainer=ddp keeps Psi and the networks
         # identical); averaging them changes nothing and keeps Lightning from warning at every validation.
         pl_module.log_dict(self.metrics(pl_module, trainer.datamodule), sync_dist=True)
+
+
+class DecayWhenLearned(pl.Callback):
+    """Start the decay of the operators' step (``psi_rule.decay_after``) once the operators have learned what
+    ``monitor`` measures: at the first validation where it reaches ``threshold``, decay_after becomes the
+    current VAELLS batch (if that is earlier). A fixed decay_after fits one data set's pace and not another's
+    (README, "What the operators learn": the small digits learn their rotation ~1300 batches after MNIST's).
+    Models without a ``psi_rule``, and runs that do not log ``monitor``, are left alone.
+
+    Args:
+        monitor: a logged validation metric, higher is better (``val/rotation_order``, ``OperatorMonitor``).
+        threshold: the value at which the decay starts.
+    """
+
+    def __init__(self, monitor: str = "val/rotation_order", threshold: float = 0.8) -> None:
+        self.monitor, self.threshold = monitor, float(threshold)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rule, value = getattr(pl_module, "psi_rule", None), trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or rule is None or value is None or float(value) < self.threshold:
+            return
+        since_warmup = pl_module.batch_counter - pl_module.schedule.warmup_steps
+        if 0 <= since_warmup < rule.decay_after:
+            rule.decay_after = since_warmup
+            log.info("%s = %.3f reached %.3f at VAELLS batch %d: the operators' step decays from here",
+                     self.monitor, float(value), self.threshold, since_warmup)

@@ -108,7 +108,9 @@ class AcceptRejectRule:
         return self.accepted / max(self.proposed, 1)
 
     def state_dict(self) -> dict:
-        return {"lr": self.lr, "accepted": self.accepted, "proposed": self.proposed}
+        # decay_after too: a callback may move it during training (``monitors.DecayWhenLearned``).
+        return {"lr": self.lr, "accepted": self.accepted, "proposed": self.proposed, "decay_after": self.decay_after}
 
     def load_state_dict(self, state: dict) -> None:
         self.lr, self.accepted, self.proposed = state["lr"], state["accepted"], state["proposed"]
+        self.decay_after = state.get("decay_after", self.decay_after)  # checkpoints from before it was saved
