@@ -184,7 +184,7 @@ def test_checkpoint_round_trip_restores_counter_phase_and_psi_step(trained) -> N
     assert ckpt["vaells"]["batch_counter"] == NUM_BATCHES
     assert ckpt["vaells"]["phase"] == PSI == saved_model.schedule.phase(NUM_BATCHES)
     assert ckpt["vaells"]["psi_rule"] == {"lr": saved_model.psi_rule.lr, "accepted": saved_model.psi_rule.accepted,
-                                          "proposed": 2}
+                                          "proposed": 2, "decay_after": saved_model.psi_rule.decay_after}
     assert "run_config" in ckpt
 
     fresh = build_model(trained["cfg"], trained["dm"])
