@@ -31,6 +31,7 @@ from vaells.evaluation.images import (
     pearson_matrix,
     predict,
     rotation_metrics,
+    rotation_span,
     spearman,
     train_classifier,
 )
@@ -225,7 +226,7 @@ def test_rotation_metrics_pass_for_a_rotation_and_fail_without_one(mnist_root: P
     assert good["rotation_ceiling"] > 0.99
     assert good["rotation_match"] >= 0.95 * good["rotation_ceiling"]
     assert good["rotation_order"] > 0.95
-    assert math.isclose(good["rotation_coeff_span"], math.pi / 0.05)
+    assert math.isclose(good["rotation_coeff_span"], math.radians(90) / 0.05)  # the path turns by +-90 degrees
     bad = rotation_metrics(RotationOracle(digits, rotating=False), digits, num_frames=121)
     assert bad["rotation_ceiling"] > 0.99  # the same perfect autoencoder ...
     assert bad["rotation_match"] < 0.8 * bad["rotation_ceiling"]  # ... but its operator does not rotate
@@ -265,6 +266,23 @@ def test_coefficient_span_and_spearman() -> None:
     assert coefficient_span(torch.zeros(4, 4), mu) == 1.0
     assert spearman(np.arange(5), np.array([0, 2, 2, 3, 9])) > 0.9
     assert spearman(np.arange(5), np.zeros(5)) == 0.0  # constant: no order at all
+
+
+def test_rotation_span_turns_the_fundamental_when_a_harmonic_moves_faster() -> None:
+    # An image rotation's planes: the fundamental w and its 2nd and 3rd harmonics, the 3rd the fastest at these
+    # encodings (as in trained runs), plus a slow plane of init noise that the points occupy but barely turn in.
+    w = 0.03
+    psi = torch.zeros(8, 8, dtype=torch.float64)
+    for plane, freq in enumerate([w, 2 * w, 3 * w, 0.001]):
+        i, j = 2 * plane, 2 * plane + 1
+        psi[i, j], psi[j, i] = -freq, freq
+    mu = torch.tensor([[0.4, 0.0, 0.6, 0.0, 0.6, 0.0, 1.0, 0.0]], dtype=torch.float64)
+    assert math.isclose(coefficient_span(psi, mu), math.pi / (3 * w))  # the fastest plane: a third of the turn
+    assert math.isclose(rotation_span(psi, mu, 90.0), math.radians(90) / w)  # the fundamental: +-90 degrees
+    # A plane the points do not occupy is not taken for the fundamental, however slow.
+    mu[0, 0] = 0.0
+    assert math.isclose(rotation_span(psi, mu, 90.0), math.radians(90) / (2 * w))
+    assert rotation_span(torch.zeros(8, 8), mu, 90.0) == coefficient_span(torch.zeros(8, 8), mu) == 1.0
 
 
 # -- class metrics ---------------------------------------------------------------------------------------

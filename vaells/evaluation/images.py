@@ -2,7 +2,8 @@
 
 Rotated MNIST asks whether the learned operator *is* a rotation: upright test digits are rotated by
 theta in -90..90 degrees (step 15) with ``vaells.data.mnist.rotate``, the one rotation of the project, and
-compared with the decoded frames of the operator's extrapolated path from each upright digit.
+compared with the decoded frames of the operator's extrapolated path from each upright digit, c in [-S, S]
+with S the coefficient that turns the digits by 90 degrees if the operator rotates them (``rotation_span``).
 
 - ``rotation_match``: mean over digits and angles of the best Pearson correlation (over pixels) between the
   truly rotated digit and any frame of the path.
@@ -110,31 +111,64 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float((rx * ry).sum() / denom) if denom > 0 else 0.0
 
 
-def coefficient_span(psi_m: Tensor, mu: Tensor, max_growth: float = 3.0) -> float:
-    """Half-width S of a coefficient range [-S, S] along Psi_m that turns the digits by about half a turn.
-
-    An eigenvalue pair a +- i w of Psi_m turns its latent plane by w c. Of the rotating planes, the one
-    that carries the motion of the encodings mu (N, d) is the one with the largest mean speed
-    |lambda_k| |w_nk| (w = V^-1 mu, V the unit eigenvectors); a plane of init noise that the digits hardly
-    occupy is ignored. S = pi / w_k, so if that plane's full turn is one turn of the image (its fundamental),
-    the path covers -180..180 degrees, each angle once. Without rotation S = 2 / ||Psi_m||_2. S is capped at
-    max_growth / max |a| so that an expanding operator scales the start by at most e^max_growth.
-    """
+def _rotating_planes(psi_m: Tensor, mu: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Psi_m's eigenvalues lambda (d,), the mean speed |lambda_k| |w_nk| of the encodings mu (N, d) along each
+    (w = V^-1 mu, V the unit eigenvectors), which of them rotate, and ||Psi_m||_2."""
     p = psi_m.detach().to("cpu", torch.float64)  # (d, d)
     norm = float(torch.linalg.matrix_norm(p, ord=2))
-    if norm == 0.0:
-        return 1.0
     lam, vecs = torch.linalg.eig(p)  # (d,), (d, d) unit columns
     w = torch.linalg.solve(vecs, mu.detach().to("cpu", torch.complex128).T)  # (d, N)
     speed = lam.abs() * w.abs().mean(-1)  # (d,)
-    rotating = lam.imag.abs() > 1e-6 * norm
+    return lam, speed, lam.imag.abs() > 1e-6 * norm, norm
+
+
+def _capped(span: float, lam: Tensor, max_growth: float) -> float:
+    """span, capped at max_growth / max |Re lambda| so that an expanding operator scales the start by at most
+    e^max_growth."""
+    growth = float(lam.real.abs().max())
+    return min(span, max_growth / growth) if growth > 0 else span
+
+
+def coefficient_span(psi_m: Tensor, mu: Tensor, max_growth: float = 3.0) -> float:
+    """Half-width S of a coefficient range [-S, S] along Psi_m: half a turn of its dominant rotating plane.
+
+    An eigenvalue pair a +- i w of Psi_m turns its latent plane by w c. Of the rotating planes, the dominant one
+    is the one with the largest mean speed |lambda_k| |w_nk| of the encodings mu (N, d); a plane of init noise
+    that the digits hardly occupy is ignored. S = pi / w_k. If that plane is the image rotation's fundamental, the
+    path covers -180..180 degrees; if it is a harmonic (its k-th: k times the fundamental's frequency), 180 / k.
+    Without rotation S = 2 / ||Psi_m||_2. S is capped as ``_capped`` says. For paths and figures;
+    ``rotation_span`` is the rotation metric's.
+    """
+    lam, speed, rotating, norm = _rotating_planes(psi_m, mu)
+    if norm == 0.0:
+        return 1.0
     if bool(rotating.any()):
         k = int(torch.where(rotating, speed, torch.full_like(speed, -1.0)).argmax())
         span = math.pi / float(lam.imag[k].abs())
     else:
         span = 2.0 / norm
-    growth = float(lam.real.abs().max())
-    return min(span, max_growth / growth) if growth > 0 else span
+    return _capped(span, lam, max_growth)
+
+
+def rotation_span(psi_m: Tensor, mu: Tensor, max_angle: float, occupied: float = 0.1,
+                  max_growth: float = 3.0) -> float:
+    """The coefficient S that turns the digits by ``max_angle`` degrees along Psi_m, if its slowest occupied
+    rotating plane is the image rotation's fundamental: S = radians(max_angle) / w_1.
+
+    An image rotation by theta turns the fundamental plane by theta and its k-th harmonic by k theta; the learned
+    operators carry harmonics (README, "What the operators learn"), and a harmonic can move the encodings faster
+    than the fundamental, so the fastest plane (``coefficient_span``) may be a harmonic, and the path would
+    then cover only max_angle / k. Occupied planes are the rotating ones whose mean speed (``_rotating_planes``)
+    is at least ``occupied`` times the fastest's; slower ones are init noise that the digits barely turn in.
+    Without rotation, ``coefficient_span``. S is capped as ``_capped`` says.
+    """
+    lam, speed, rotating, norm = _rotating_planes(psi_m, mu)
+    if norm == 0.0 or not bool(rotating.any()):
+        return coefficient_span(psi_m, mu, max_growth)
+    top = float(speed[rotating].max())
+    keep = rotating & (speed >= occupied * top)
+    w1 = float(lam.imag.abs()[keep].min())
+    return _capped(math.radians(max_angle) / w1, lam, max_growth)
 
 
 def operator_path_frames(model: nn.Module, mu: Tensor, m: int, span: float, num_frames: int) -> Tensor:
@@ -162,8 +196,8 @@ def rotation_metrics(
     """rotation_match, rotation_ceiling and rotation_order for upright digits (N, C, H, W) in [0, 1].
 
     The path runs over c in [-S, S] along operator ``operator`` (default: each operator in turn, keeping the
-    one with the best match), S = ``coeff_span`` or ``coefficient_span`` of the encodings. Also returns the
-    operator and span used (``rotation_operator``, ``rotation_coeff_span``).
+    one with the best match), S = ``coeff_span`` or ``rotation_span`` of the encodings at the largest |angle|.
+    Also returns the operator and span used (``rotation_operator``, ``rotation_coeff_span``).
     """
     if digits.dim() != 4 or digits.shape[0] < 1:
         raise ValueError(f"digits must have shape (N, C, H, W) with N >= 1, got {tuple(digits.shape)}")
@@ -179,9 +213,10 @@ def rotation_metrics(
         ceiling = pearson(rotated, recon.view_as(rotated))  # (N, A)
         mu = encode_chunked(model, digits)  # (N, d)
         candidates = range(model.transport.num_operators) if operator is None else [operator]
+        max_angle = float(theta.abs().max())
         best: tuple[float, int, float, Tensor] | None = None
         for m in candidates:
-            span = coeff_span if coeff_span is not None else coefficient_span(model.transport.psi[m], mu)
+            span = coeff_span if coeff_span is not None else rotation_span(model.transport.psi[m], mu, max_angle)
             frames = operator_path_frames(model, mu, m, span, num_frames)  # (N, F, C, H, W)
             corr = pearson_matrix(rotated, frames)  # (N, A, F)
             match = float(corr.amax(-1).mean())
