@@ -30,6 +30,7 @@ from vaells.evaluation.images import (
     mnist_metrics,
     pearson_matrix,
     predict,
+    rotation_flow_fit,
     rotation_metrics,
     rotation_span,
     spearman,
@@ -234,6 +235,48 @@ def test_rotation_metrics_pass_for_a_rotation_and_fail_without_one(mnist_root: P
     assert set(good) <= documented_metrics()  # README, "What evaluate.py reports"
 
 
+class ScrambledOracle(RotationOracle):
+    """RotationOracle's perfect autoencoder, but its latent angle is a fixed random permutation of the image's
+    angle (1-degree bins), undone by the decoder: reconstructions stay exact, the loop is no longer smooth."""
+
+    def __init__(self, digits: Tensor) -> None:
+        super().__init__(digits, rotating=True)
+        self.perm = torch.randperm(360, generator=torch.Generator().manual_seed(0))
+        self.inverse = torch.argsort(self.perm)
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = super().encode(x)
+        degrees = torch.rad2deg(torch.atan2(z[:, 1], z[:, 0])).round().long() % 360
+        theta = torch.deg2rad(self.perm[degrees].double())
+        return torch.cat([theta.cos()[:, None], theta.sin()[:, None], z[:, 2:]], -1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        degrees = torch.rad2deg(torch.atan2(z[:, 1], z[:, 0])).round().long() % 360
+        theta = torch.deg2rad(self.inverse[degrees].double())
+        return super().decode(torch.cat([theta.cos()[:, None], theta.sin()[:, None], z[:, 2:]], -1))
+
+
+def test_rotation_flow_fit_follows_a_smooth_loop_and_fails_on_a_scrambled_one(mnist_root: Path) -> None:
+    digits = _upright(mnist_root, 4)
+    smooth = rotation_flow_fit(RotationOracle(digits, rotating=False), digits, num_frames=121)
+    # The oracle's loop is a circle in (z_0, z_1): one rotation field fits it (central differences shrink the
+    # tangent by sin(10 deg) / (10 deg), which the field's frequency absorbs), whatever Psi is.
+    assert smooth["rotation_flow_residual"] < 1e-3
+    assert smooth["rotation_flow_order"] > 0.95
+    assert smooth["rotation_flow_match"] > 0.9
+    scrambled = ScrambledOracle(digits)
+    ceiling = rotation_metrics(scrambled, digits)["rotation_ceiling"]
+    assert ceiling > 0.99  # the same perfect reconstructions ...
+    bad = rotation_flow_fit(scrambled, digits, num_frames=121)
+    assert bad["rotation_flow_residual"] > 0.5  # ... but no linear field follows the loop
+    # Every digit starts from the same latent angle, so the frames' angles are one scrambled sequence: the order is
+    # one random draw (0.56 with this permutation), far from the smooth loop's 1.
+    assert bad["rotation_flow_order"] < 0.7
+    assert set(smooth) <= documented_metrics()
+    with pytest.raises(ValueError, match="loop_angles"):
+        rotation_flow_fit(scrambled, digits, loop_angles=4)
+
+
 def test_rotation_share_matched_of_a_rotating_model_and_of_an_untrained_baseline(mnist_root: Path,
                                                                                   tmp_path: Path) -> None:
     digits = _upright(mnist_root, 4)
@@ -366,7 +409,8 @@ def test_mnist_metrics_of_a_baseline_through_the_interface(mnist_root: Path, tmp
     cfg = compose_train(["experiment=rotated_mnist", "model=svae", f"data.root={mnist_root}", "data.download=false"],
                         tmp_path)
     dm = build_datamodule(cfg)
-    assert mnist_metrics(build_model(cfg, dm), dm, num_digits=4) == {}  # rotation metrics follow operators
+    metrics = mnist_metrics(build_model(cfg, dm), dm, num_digits=4)  # rotation metrics follow operators ...
+    assert set(metrics) == {"rotation_flow_order", "rotation_flow_match", "rotation_flow_residual"}  # ... this not
 
 
 @pytest.mark.parametrize("name", ["vaells", "vampprior"])

@@ -223,14 +223,73 @@ def rotation_metrics(
             if best is None or match > best[0]:
                 best = (match, m, span, corr)
     match, m, span, corr = best
-    index = corr.argmax(-1).numpy()  # (N, A): path position of the best frame
-    order = [abs(spearman(theta.numpy(), index[i])) for i in range(n)]
     return {
         "rotation_match": match,
         "rotation_ceiling": float(ceiling.mean()),
-        "rotation_order": float(np.mean(order)),
+        "rotation_order": _path_order(corr, theta),
         "rotation_operator": float(m),
         "rotation_coeff_span": float(span),
+    }
+
+
+def _path_order(corr: Tensor, theta: Tensor) -> float:
+    """Mean over digits of |Spearman(theta, index of the path frame that best matches each rotated digit)|.
+    corr (N, A, F): correlations of A rotated copies with F path frames; theta (A,) degrees."""
+    index = corr.argmax(-1).numpy()  # (N, A)
+    return float(np.mean([abs(spearman(theta.numpy(), row)) for row in index]))
+
+
+def rotation_flow_fit(
+    model: nn.Module,
+    digits: Tensor,
+    *,
+    angles: Sequence[float] = ROTATION_ANGLES,
+    loop_angles: int = 36,
+    num_frames: int = 61,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How well any one linear flow can rotate these digits through this encoder: a diagnostic of the encoder, not
+    of the learned operator (README, "What the operators learn").
+
+    Each upright digit (N, C, H, W) is rotated over a full turn (``loop_angles`` steps) and encoded: the encoder's
+    loop z(theta). Its tangents dz/dtheta (central differences, per radian) are fitted by one linear field,
+    dz/dtheta ~ P z, by least squares over all digits; P is the best linear flow for this encoder in that sense,
+    with theta as its coefficient. Its path expm(theta P) mu over theta in +-max|angles| is then scored exactly as
+    ``rotation_metrics`` scores an operator's path (no span to choose: theta is the angle). Returns
+    ``rotation_flow_order``, ``rotation_flow_match`` and ``rotation_flow_residual``, the share of the tangents'
+    energy that the linear field leaves unexplained (0: the loop is an orbit of a linear flow).
+
+    The paper's operator learns only from anchor pairs (eq. 7-8), so an encoder whose flow_order is low bounds what
+    any learned operator can reach: the operator inherits the encoder's loop.
+    """
+    if digits.dim() != 4 or digits.shape[0] < 1:
+        raise ValueError(f"digits must have shape (N, C, H, W) with N >= 1, got {tuple(digits.shape)}")
+    if loop_angles < 8:
+        raise ValueError(f"loop_angles must be at least 8 to resolve the loop, got {loop_angles}")
+    n, num_angles = digits.shape[0], len(angles)
+    theta = torch.tensor([float(a) for a in angles], dtype=torch.float32)
+    digits = digits.float().cpu()
+    step = 360.0 / loop_angles
+    loop = torch.arange(loop_angles, dtype=torch.float32) * step
+    with evaluating(model, seed):
+        z = encode_chunked(model, rotate(digits.repeat_interleave(loop_angles, 0), loop.repeat(n)))
+        z = z.to(torch.float64).view(n, loop_angles, -1)  # (N, L, d)
+        tangent = (z.roll(-1, 1) - z.roll(1, 1)) / (2 * math.radians(step))  # (N, L, d), per radian
+        flat_z, flat_t = z.reshape(-1, z.shape[-1]), tangent.reshape(-1, z.shape[-1])
+        field = torch.linalg.lstsq(flat_z, flat_t).solution.T  # (d, d): dz/dtheta ~ field @ z
+        residual = float((flat_t - flat_z @ field.T).pow(2).sum() / flat_t.pow(2).sum())
+        t = torch.linspace(-math.radians(float(theta.abs().max())), math.radians(float(theta.abs().max())),
+                           num_frames, dtype=torch.float64)
+        path = torch.linalg.matrix_exp(t.view(-1, 1, 1) * field) @ z[:, 0].T  # (F, d, N): from the upright digit
+        frames = decode_chunked(model, path.transpose(1, 2).reshape(-1, z.shape[-1]).float())
+        frames = frames.view(num_frames, n, *digits.shape[1:]).transpose(0, 1)  # (N, F, C, H, W)
+        rotated = rotate(digits.repeat_interleave(num_angles, 0), theta.repeat(n))
+        rotated = rotated.view(n, num_angles, *digits.shape[1:])
+        corr = pearson_matrix(rotated, frames)  # (N, A, F)
+    return {
+        "rotation_flow_order": _path_order(corr, theta),
+        "rotation_flow_match": float(corr.amax(-1).mean()),
+        "rotation_flow_residual": residual,
     }
 
 
@@ -429,8 +488,8 @@ def mnist_metrics(
 ) -> dict[str, float]:
     """The image metrics for ``dm``'s test split; {} for any other DataModule.
 
-    RotatedMNISTDataModule: ``rotation_metrics`` on ``num_digits`` (default 100) upright test digits, for models
-    with transport operators.
+    RotatedMNISTDataModule: ``rotation_flow_fit`` on ``num_digits`` (default 100) upright test digits for every
+    model, and ``rotation_metrics`` on the same digits for models with transport operators.
     MNISTDataModule: ``classifier_accuracy`` on the whole test split, ``class_preservation`` and
     ``class_preservation_ceiling`` on ``num_digits`` (default 1000) test digits, with a classifier trained on
     the train split for ``classifier_steps`` batches (cached in ``cache_dir`` when given); then
@@ -443,12 +502,14 @@ def mnist_metrics(
         return {}
     dm.setup("test")
     if isinstance(dm, RotatedMNISTDataModule):
-        if not has_operators(model):
-            return {}
         pick = seeded_pick(len(dm.test_set), num_digits or 100, seed)
         digits = torch.stack([dm.test_set[int(i)]["digit"] for i in pick])  # upright, padded: (N, 1, 32, 32)
-        with stage(f"rotation metrics ({len(pick)} upright test digits)"):
-            return rotation_metrics(model, digits, seed=seed)
+        with stage(f"rotation_flow_fit: the encoder's rotation loop ({len(pick)} upright test digits)"):
+            out = rotation_flow_fit(model, digits, seed=seed)
+        if has_operators(model):
+            with stage(f"rotation metrics ({len(pick)} upright test digits)"):
+                out |= rotation_metrics(model, digits, seed=seed)
+        return out
     x_train, y_train = dataset_tensors(dm.train_set)
     x_test, y_test = dataset_tensors(dm.test_set)
     with stage(f"digit classifier ({classifier_steps} batches, or from its cache) and classifier_accuracy"):
