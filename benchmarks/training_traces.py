@@ -6,8 +6,13 @@ operators' ``val/psi_norm_m`` or ``val/psi_drift_m``.
 
     python benchmarks/training_traces.py RUN_DIR [RUN_DIR ...] --tag val/rotation_order --out trace.png
     python benchmarks/training_traces.py outputs/train/rotated_mnist/* --labels "seed 0" "seed 1"
+    python benchmarks/training_traces.py RUN_A RUN_B --rescore RUN_A --data root=/path/to/mnist download=false
 
-The x axis is the module's batch counter (warm-up included), so runs of one experiment line up.
+The x axis is the module's batch counter (warm-up included), so runs of one experiment line up. ``--rescore``
+(for the runs it names, or all) recomputes the monitor's metrics (``val/rotation_order``, ``val/rotation_match``,
+``val/psi_norm_m``, ...) from a run's per-validation checkpoints with the current code instead of reading
+TensorBoard, e.g. after a metric changed: train with ``callbacks.model_checkpoint.save_top_k=-1`` to keep one
+checkpoint per validation.
 """
 
 from __future__ import annotations
@@ -38,6 +43,43 @@ def read_scalar(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
+def rescore_scalar(run_dir: Path, tag: str, data_overrides: dict[str, str]) -> list[tuple[int, float]]:
+    """(step, value) pairs of the OperatorMonitor metric ``tag``, recomputed from every per-validation checkpoint
+    (``checkpoints/best-*.ckpt``) of ``run_dir`` with the current code."""
+    from omegaconf import OmegaConf
+
+    from vaells.builders import build_datamodule, load_run, restore_model
+    from vaells.evaluation.monitors import OperatorMonitor
+
+    files = sorted(run_dir.glob("checkpoints/best-*.ckpt"))
+    if not files:
+        raise FileNotFoundError(f"no checkpoints/best-*.ckpt under {run_dir}; pass a run directory of train.py")
+    points = []
+    for path in files:
+        cfg, checkpoint = load_run(path)
+        cfg.data = OmegaConf.merge(cfg.data, data_overrides)
+        monitor = OmegaConf.select(cfg, "callbacks.operator_monitor", default={}) or {}
+        dm = build_datamodule(cfg)
+        dm.setup("fit")
+        metrics = OperatorMonitor(monitor.get("num_digits", 50), monitor.get("seed", 0)).metrics(
+            restore_model(cfg, checkpoint), dm)
+        if tag not in metrics:
+            raise KeyError(f"{path} gives no {tag!r} (it gives {sorted(metrics)})")
+        # global_step counts the batches trained; TensorBoard logs a validation at the last one's index.
+        points.append((int(checkpoint["global_step"]) - 1, metrics[tag]))
+    return points
+
+
+def _overrides(pairs: list[str]) -> dict[str, object]:
+    """KEY=VALUE strings -> {KEY: VALUE}, the values parsed as YAML (false, 1e-3, ...)."""
+    import yaml
+
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise SystemExit(f"--data takes KEY=VALUE pairs, got {bad}; e.g. --data root=/path download=false")
+    return {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of train.py")
@@ -45,11 +87,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--labels", nargs="*", help="one legend label per run (default: the folder names)")
     parser.add_argument("--threshold", type=float, default=None, help="a horizontal line, e.g. a target")
     parser.add_argument("--out", type=Path, default=Path("training_trace.png"), help="where to write the figure")
+    parser.add_argument("--rescore", nargs="*", type=Path, default=None, metavar="RUN_DIR",
+                        help="recompute the tag from per-validation checkpoints with the current code: of the runs "
+                             "named here, or of every run when none is named")
+    parser.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="data settings for --rescore, e.g. root=/path/to/folder download=false")
     args = parser.parse_args(argv)
     labels = args.labels or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"--labels needs one label per run ({len(args.runs)}), got {len(labels)}")
-    traces = {label: read_scalar(run, args.tag) for label, run in zip(labels, args.runs, strict=True)}
+    data = _overrides(args.data)
+    rescore = set() if args.rescore is None else {r.resolve() for r in args.rescore or args.runs}
+    unknown = rescore - {r.resolve() for r in args.runs}
+    if unknown:
+        parser.error(f"--rescore names runs that are not plotted: {sorted(map(str, unknown))}")
+    traces = {label: rescore_scalar(run, args.tag, data) if run.resolve() in rescore else read_scalar(run, args.tag)
+              for label, run in zip(labels, args.runs, strict=True)}
     fig, ax = plt.subplots(figsize=(7.2, 3.6))
     for label, points in traces.items():
         if points:

@@ -322,6 +322,11 @@ def test_rotation_span_turns_the_fundamental_when_a_harmonic_moves_faster() -> N
     mu = torch.tensor([[0.4, 0.0, 0.6, 0.0, 0.6, 0.0, 1.0, 0.0]], dtype=torch.float64)
     assert math.isclose(coefficient_span(psi, mu), math.pi / (3 * w))  # the fastest plane: a third of the turn
     assert math.isclose(rotation_span(psi, mu, 90.0), math.radians(90) / w)  # the fundamental: +-90 degrees
+    # Nor a slow plane that the points occupy with a large amplitude, so that its speed passes the occupancy test
+    # (as in trained runs): below the fastest plane's 1 / (d / 2 + 1) it cannot be a fundamental.
+    wide = mu.clone()
+    wide[0, 6] = 30.0  # speed 0.03, above the fundamental's 0.012
+    assert math.isclose(rotation_span(psi, wide, 90.0), math.radians(90) / w)
     # A plane the points do not occupy is not taken for the fundamental, however slow.
     mu[0, 0] = 0.0
     assert math.isclose(rotation_span(psi, mu, 90.0), math.radians(90) / (2 * w))

@@ -152,23 +152,30 @@ def coefficient_span(psi_m: Tensor, mu: Tensor, max_growth: float = 3.0) -> floa
 
 def rotation_span(psi_m: Tensor, mu: Tensor, max_angle: float, occupied: float = 0.1,
                   max_growth: float = 3.0) -> float:
-    """The coefficient S that turns the digits by ``max_angle`` degrees along Psi_m, if its slowest occupied
-    rotating plane is the image rotation's fundamental: S = radians(max_angle) / w_1.
+    """The coefficient S that turns the digits by ``max_angle`` degrees along Psi_m, if its slowest candidate
+    plane is the image rotation's fundamental: S = radians(max_angle) / w_1.
 
     An image rotation by theta turns the fundamental plane by theta and its k-th harmonic by k theta; the learned
     operators carry harmonics (README, "What the operators learn"), and a harmonic can move the encodings faster
     than the fundamental, so the fastest plane (``coefficient_span``) may be a harmonic, and the path would
-    then cover only max_angle / k. Occupied planes are the rotating ones whose mean speed (``_rotating_planes``)
-    is at least ``occupied`` times the fastest's; slower ones are init noise that the digits barely turn in.
+    then cover only max_angle / k. The candidates are the rotating planes that
+
+    - the digits occupy: mean speed (``_rotating_planes``) at least ``occupied`` times the fastest plane's; and
+    - turn at least 1 / (floor(d / 2) + 1) times as fast as the fastest of those: d dimensions hold at most
+      floor(d / 2) rotating planes, so harmonics 1..floor(d / 2) of one rotation put the fundamental no lower.
+
+    The planes these exclude are init noise: either the digits barely turn in them, or they hold the digits'
+    identity with a large amplitude and barely turn (trained runs have one at a twentieth of the fastest
+    frequency whose speed equals the fundamental's; taking it turned the digits by +-650 degrees, README).
     Without rotation, ``coefficient_span``. S is capped as ``_capped`` says.
     """
     lam, speed, rotating, norm = _rotating_planes(psi_m, mu)
     if norm == 0.0 or not bool(rotating.any()):
         return coefficient_span(psi_m, mu, max_growth)
-    top = float(speed[rotating].max())
-    keep = rotating & (speed >= occupied * top)
-    w1 = float(lam.imag.abs()[keep].min())
-    return _capped(math.radians(max_angle) / w1, lam, max_growth)
+    freq = lam.imag.abs()
+    keep = rotating & (speed >= occupied * float(speed[rotating].max()))
+    keep &= freq * (psi_m.shape[-1] // 2 + 1) >= float(freq[keep].max())
+    return _capped(math.radians(max_angle) / float(freq[keep].min()), lam, max_growth)
 
 
 def operator_path_frames(model: nn.Module, mu: Tensor, m: int, span: float, num_frames: int) -> Tensor:
