@@ -129,6 +129,12 @@ def test_rotation_monitor_uses_a_fixed_subset_and_can_fail() -> None:
     assert good["val/rotation_order"] > 0.9
     assert bad["val/rotation_order"] < 0.5
     assert set(good) >= {"val/psi_norm_0", "val/psi_drift_0", "val/rotation_match"}
+    # The flow fit scores the encoder: the non-rotating operator's encoder draws the same circle, so it scores high
+    # where the operator fails.
+    flow = OperatorMonitor(num_digits=1, seed=0, flow_fit=True).metrics(_TurnModel(digit, rotating=False), dm)
+    assert flow["val/rotation_order"] < 0.5 and flow["val/rotation_flow_order"] > 0.9
+    assert flow["val/rotation_flow_residual"] < 0.01
+    assert "val/rotation_flow_order" not in bad
 
 
 # -- the small-digits set --------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ none, and get nothing from it):
   initialisation shows it at once;
 - with rotated digits, ``val/rotation_order`` and ``val/rotation_match`` (``evaluation.images.rotation_metrics``)
   on a fixed, seeded subset of upright validation digits, so a user sees when the rotation is learned or
-  lost, and a checkpoint can be chosen by it (``conf/experiment/rotated_mnist.yaml``).
+  lost, and a checkpoint can be chosen by it (``conf/experiment/rotated_mnist.yaml``); with ``flow_fit``
+  also ``val/rotation_flow_order`` and ``val/rotation_flow_residual`` (``evaluation.images.rotation_flow_fit``):
+  whether the encoder's rotation loop can be followed by any one operator (README, "What decides").
 
 ``DecayWhenLearned`` starts the operators' step decay (``AcceptRejectRule``'s titration) at the first validation
 whose monitored metric reaches a threshold, instead of at a fixed batch.
@@ -30,12 +32,14 @@ class OperatorMonitor(pl.Callback):
     """Args:
     num_digits: upright validation digits for the rotation metrics (the same ones at every validation).
     seed: the seed of that subset, and of the metric's own sampling.
+    flow_fit: also log the encoder's ``rotation_flow_fit`` on the same digits (a full turn of each is encoded:
+        about 10 s per validation on one CPU thread for 50 digits).
     """
 
-    def __init__(self, num_digits: int = 50, seed: int = 0) -> None:
+    def __init__(self, num_digits: int = 50, seed: int = 0, flow_fit: bool = False) -> None:
         if num_digits < 1:
             raise ValueError(f"callbacks.operator_monitor.num_digits must be >= 1, got {num_digits}")
-        self.num_digits, self.seed = num_digits, seed
+        self.num_digits, self.seed, self.flow_fit = num_digits, seed, flow_fit
         self._digits: torch.Tensor | None = None
 
     def validation_digits(self, dm) -> torch.Tensor | None:
@@ -56,10 +60,14 @@ class OperatorMonitor(pl.Callback):
             out[f"val/psi_drift_{m}"] = float(drift)
         digits = self.validation_digits(dm)
         if digits is not None:
-            from vaells.evaluation.images import rotation_metrics
+            from vaells.evaluation.images import rotation_flow_fit, rotation_metrics
 
             rot = rotation_metrics(pl_module, digits, seed=self.seed)
             out |= {"val/rotation_order": rot["rotation_order"], "val/rotation_match": rot["rotation_match"]}
+            if self.flow_fit:
+                flow = rotation_flow_fit(pl_module, digits, seed=self.seed)
+                out |= {"val/rotation_flow_order": flow["rotation_flow_order"],
+                        "val/rotation_flow_residual": flow["rotation_flow_residual"]}
         return out
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
