@@ -206,17 +206,9 @@ def rotation_metrics(
     one with the best match), S = ``coeff_span`` or ``rotation_span`` of the encodings at the largest |angle|.
     Also returns the operator and span used (``rotation_operator``, ``rotation_coeff_span``).
     """
-    if digits.dim() != 4 or digits.shape[0] < 1:
-        raise ValueError(f"digits must have shape (N, C, H, W) with N >= 1, got {tuple(digits.shape)}")
-    if num_frames < 2:
-        raise ValueError(f"num_frames must be at least 2, got {num_frames}")
-    n, num_angles = digits.shape[0], len(angles)
-    theta = torch.tensor([float(a) for a in angles], dtype=torch.float32)
-    digits = digits.float().cpu()
+    digits, theta, rotated = _rotated_copies(digits, angles, num_frames)
     with evaluating(model, seed):
-        rotated = rotate(digits.repeat_interleave(num_angles, 0), theta.repeat(n))  # (N * A, C, H, W)
-        recon = decode_chunked(model, encode_chunked(model, rotated))
-        rotated = rotated.view(n, num_angles, *digits.shape[1:])
+        recon = decode_chunked(model, encode_chunked(model, rotated.flatten(0, 1)))
         ceiling = pearson(rotated, recon.view_as(rotated))  # (N, A)
         mu = encode_chunked(model, digits)  # (N, d)
         candidates = range(model.transport.num_operators) if operator is None else [operator]
@@ -237,6 +229,19 @@ def rotation_metrics(
         "rotation_operator": float(m),
         "rotation_coeff_span": float(span),
     }
+
+
+def _rotated_copies(digits: Tensor, angles: Sequence[float], num_frames: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The rotation metrics' inputs, checked: upright digits (N, C, H, W) as float32 on the CPU, the angles theta
+    (A,) in degrees, and each digit rotated by each angle (N, A, C, H, W)."""
+    if digits.dim() != 4 or digits.shape[0] < 1:
+        raise ValueError(f"digits must have shape (N, C, H, W) with N >= 1, got {tuple(digits.shape)}")
+    if num_frames < 2:
+        raise ValueError(f"num_frames must be at least 2, got {num_frames}")
+    digits = digits.float().cpu()
+    theta = torch.tensor([float(a) for a in angles], dtype=torch.float32)
+    rotated = rotate(digits.repeat_interleave(len(angles), 0), theta.repeat(digits.shape[0]))
+    return digits, theta, rotated.view(digits.shape[0], len(angles), *digits.shape[1:])
 
 
 def _path_order(corr: Tensor, theta: Tensor) -> float:
@@ -271,13 +276,10 @@ def rotation_flow_fit(
     not a bound (the field is fitted to tangents, not to the path score): trained operators have scored up to 0.02
     above it.
     """
-    if digits.dim() != 4 or digits.shape[0] < 1:
-        raise ValueError(f"digits must have shape (N, C, H, W) with N >= 1, got {tuple(digits.shape)}")
     if loop_angles < 8:
         raise ValueError(f"loop_angles must be at least 8 to resolve the loop, got {loop_angles}")
-    n, num_angles = digits.shape[0], len(angles)
-    theta = torch.tensor([float(a) for a in angles], dtype=torch.float32)
-    digits = digits.float().cpu()
+    digits, theta, rotated = _rotated_copies(digits, angles, num_frames)
+    n = digits.shape[0]
     step = 360.0 / loop_angles
     loop = torch.arange(loop_angles, dtype=torch.float32) * step
     with evaluating(model, seed):
@@ -292,8 +294,6 @@ def rotation_flow_fit(
         path = torch.linalg.matrix_exp(t.view(-1, 1, 1) * field) @ z[:, 0].T  # (F, d, N): from the upright digit
         frames = decode_chunked(model, path.transpose(1, 2).reshape(-1, z.shape[-1]).float())
         frames = frames.view(num_frames, n, *digits.shape[1:]).transpose(0, 1)  # (N, F, C, H, W)
-        rotated = rotate(digits.repeat_interleave(num_angles, 0), theta.repeat(n))
-        rotated = rotated.view(n, num_angles, *digits.shape[1:])
         corr = pearson_matrix(rotated, frames)  # (N, A, F)
     return {
         "rotation_flow_order": _path_order(corr, theta),
