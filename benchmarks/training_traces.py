@@ -8,7 +8,9 @@ operators' ``val/psi_norm_m`` or ``val/psi_drift_m``.
     python benchmarks/training_traces.py outputs/train/rotated_mnist/* --labels "seed 0" "seed 1"
     python benchmarks/training_traces.py RUN_A RUN_B --rescore RUN_A --data root=/path/to/mnist download=false
 
-The x axis is the module's batch counter (warm-up included), so runs of one experiment line up. ``--rescore``
+The x axis is the module's batch counter (warm-up included), so runs of one experiment line up; with
+``--from-vaells`` it counts from each run's first VAELLS batch instead, so that a run whose warm-up was trained
+again (``vaells.evaluation.monitors.WarmupFlowCheck``) lines up with the others. ``--rescore``
 (for the runs it names, or all) recomputes the monitor's metrics (``val/rotation_order``, ``val/rotation_match``,
 ``val/psi_norm_m``, ...) from a run's per-validation checkpoints with the current code instead of reading
 TensorBoard, e.g. after a metric changed: train with ``callbacks.model_checkpoint.save_top_k=-1`` to keep one
@@ -70,6 +72,19 @@ def rescore_scalar(run_dir: Path, tag: str, data_overrides: dict[str, str]) -> l
     return points
 
 
+def vaells_start(run_dir: Path) -> int:
+    """The batch at which ``run_dir``'s VAELLS phase began: the configured warm-up, plus the batches that
+    ``WarmupFlowCheck`` added (its state in ``checkpoints/last.ckpt``)."""
+    from omegaconf import OmegaConf
+
+    from vaells.builders import load_run
+
+    cfg, checkpoint = load_run(run_dir / "checkpoints" / "last.ckpt")
+    added = sum(state.get("added_batches", 0) for key, state in checkpoint.get("callbacks", {}).items()
+                if "WarmupFlowCheck" in key)
+    return int(OmegaConf.select(cfg, "model.schedule.warmup_steps", default=0) or 0) + int(added)
+
+
 def _overrides(pairs: list[str]) -> dict[str, object]:
     """KEY=VALUE strings -> {KEY: VALUE}, the values parsed as YAML (false, 1e-3, ...)."""
     import yaml
@@ -92,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "named here, or of every run when none is named")
     parser.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE",
                         help="data settings for --rescore, e.g. root=/path/to/folder download=false")
+    parser.add_argument("--from-vaells", action="store_true",
+                        help="count batches from each run's first VAELLS batch (its warm-up's end)")
     args = parser.parse_args(argv)
     labels = args.labels or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
@@ -103,13 +120,16 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--rescore names runs that are not plotted: {sorted(map(str, unknown))}")
     traces = {label: rescore_scalar(run, args.tag, data) if run.resolve() in rescore else read_scalar(run, args.tag)
               for label, run in zip(labels, args.runs, strict=True)}
+    if args.from_vaells:
+        starts = {label: vaells_start(run) for label, run in zip(labels, args.runs, strict=True)}
+        traces = {label: [(step - starts[label], v) for step, v in points] for label, points in traces.items()}
     fig, ax = plt.subplots(figsize=(7.2, 3.6))
     for label, points in traces.items():
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=label)
     if args.threshold is not None:
         ax.axhline(args.threshold, color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("batch")
+    ax.set_xlabel("VAELLS batch (after the warm-up)" if args.from_vaells else "batch")
     ax.set_ylabel(args.tag)
     # Beside the axes: traces cross the whole plot, so no corner inside it stays free.
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vaells.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vaells.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reinitialise
 
 
 def test_mlp_shapes() -> None:
@@ -56,3 +56,17 @@ def test_conv_weights_drawn_with_std_005_and_linear_left_default() -> None:
     # much narrower than N(0, 0.05²).
     bound = 1 / 3136**0.5
     assert enc.head.weight.abs().max() <= bound + 1e-7
+
+
+def test_reinitialise_draws_as_construction_does() -> None:
+    torch.manual_seed(0)
+    enc = ConvEncoder(image_size=28)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.fill_(1.0)  # a trained state, far from any init
+    torch.manual_seed(0)
+    reinitialise(enc)
+    # Every layer redrawn: the conv weights at the release's std 0.05, the Linear head in PyTorch's default.
+    assert enc.features[2].weight.std().item() == pytest.approx(0.05, rel=0.05)
+    assert enc.head.weight.abs().max() <= 1 / 3136**0.5 + 1e-7
+    assert all(not torch.equal(p, torch.ones_like(p)) for p in enc.parameters())

@@ -5,6 +5,7 @@ search and the offline rotated small-digits set."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -135,6 +136,76 @@ def test_rotation_monitor_uses_a_fixed_subset_and_can_fail() -> None:
     assert flow["val/rotation_order"] < 0.5 and flow["val/rotation_flow_order"] > 0.9
     assert flow["val/rotation_flow_residual"] < 0.01
     assert "val/rotation_flow_order" not in bad
+
+
+class _WarmupModel(_TurnModel):
+    """A _TurnModel at the end of its warm-up: networks and their optimizer, a schedule and a batch counter. With
+    ``figure_eight`` its encoder draws (cos t, sin 2t, 1) as the digit turns, a loop that no linear flow follows (its
+    first harmonic moves along one axis only)."""
+
+    def __init__(self, digit: Tensor, figure_eight: bool) -> None:
+        super().__init__(digit, rotating=True)
+        self.figure_eight = figure_eight
+        self.encoder, self.decoder = nn.Linear(4, 3), nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+        self.opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()])
+        self.encoder(torch.ones(1, 4)).sum().backward()
+        self.opt.step()  # the optimizer now holds moments to clear
+        self.schedule = SimpleNamespace(warmup_steps=20)
+        self.batch_counter, self.logged = 20, {}
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = super().encode(x)
+        if self.figure_eight:
+            theta = torch.atan2(z[:, 1], z[:, 0])
+            z = torch.stack([theta.cos(), (2 * theta).sin(), torch.ones_like(theta)], -1)
+        return z
+
+    def optimizers(self):
+        return [self.opt, None]
+
+    def log(self, key, value) -> None:
+        self.logged[key] = value
+
+
+def test_warmup_flow_check_redraws_a_warmup_no_flow_follows_and_keeps_a_good_one() -> None:
+    from vaells.evaluation.monitors import WarmupFlowCheck
+
+    dm = RotatedSmallDigitsDataModule(seed=0)
+    dm.setup("fit")
+    digit = OperatorMonitor(num_digits=1, seed=0).validation_digits(dm)
+
+    def trainer():
+        return SimpleNamespace(datamodule=dm, num_training_batches=7, fit_loop=SimpleNamespace(max_epochs=10))
+
+    # A circle: accepted, nothing changes.
+    good, run = _WarmupModel(digit, figure_eight=False), trainer()
+    check = WarmupFlowCheck(threshold=0.9, max_restarts=1, num_digits=1)
+    check.on_train_batch_start(run, good, None, 0)
+    assert check.scores[0] > 0.9 and good.schedule.warmup_steps == 20 and run.fit_loop.max_epochs == 10
+    assert good.logged["train/warmup_flow_order"] == check.scores[0]
+
+    # A figure eight: networks redrawn, optimizer moments cleared, a warm-up of whole epochs more.
+    bad, run = _WarmupModel(digit, figure_eight=True), trainer()
+    weights = bad.encoder.weight.detach().clone()
+    check = WarmupFlowCheck(threshold=0.9, max_restarts=1, num_digits=1)
+    check.on_train_batch_start(run, bad, None, 0)
+    assert check.scores[0] < 0.9
+    assert not torch.equal(bad.encoder.weight, weights) and not bad.opt.state
+    assert bad.schedule.warmup_steps == 20 + 21 and run.fit_loop.max_epochs == 13  # 3 epochs of 7 batches
+    check.on_train_batch_start(run, bad, None, 0)  # not the warm-up's end any more: nothing happens
+    assert len(check.scores) == 1
+    # A resumed run gets the same schedule back from the checkpoint.
+    resumed, fresh_run = WarmupFlowCheck(threshold=0.9, max_restarts=1, num_digits=1), trainer()
+    resumed.load_state_dict(check.state_dict())
+    again = _WarmupModel(digit, figure_eight=True)
+    resumed.on_fit_start(fresh_run, again)
+    assert again.schedule.warmup_steps == 41 and fresh_run.fit_loop.max_epochs == 13
+    # The second warm-up fails too, and max_restarts is spent: VAELLS begins with it.
+    bad.batch_counter = 41
+    check.on_train_batch_start(run, bad, None, 0)
+    assert len(check.scores) == 2 and bad.schedule.warmup_steps == 41 and run.fit_loop.max_epochs == 13
+    with pytest.raises(ValueError, match="threshold"):
+        WarmupFlowCheck(threshold=1.5)
 
 
 # -- the small-digits set --------------------------------------------------------------------------------

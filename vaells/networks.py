@@ -27,6 +27,16 @@ def init_conv_weights(module: nn.Module, std: float = CONV_INIT_STD) -> None:
             nn.init.normal_(layer.weight, mean=0.0, std=std)
 
 
+def reinitialise(module: nn.Module) -> None:
+    """Draw every parameter of ``module`` afresh, as the networks here draw them when built: each layer's own
+    ``reset_parameters`` (PyTorch's default init), then ``init_conv_weights`` for the conv layers. Uses the global
+    RNG, so a seeded run redraws the same weights."""
+    for layer in module.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    init_conv_weights(module)
+
+
 class MLPEncoder(nn.Module):
     """Synthetic-data encoder: Linear(D→H) → ReLU → Linear(H→d). (B, D) → (B, d).
 

@@ -14,18 +14,34 @@ none, and get nothing from it):
 
 ``DecayWhenLearned`` starts the operators' step decay (``AcceptRejectRule``'s titration) at the first validation
 whose monitored metric reaches a threshold, instead of at a fixed batch.
+
+``WarmupFlowCheck`` scores the warm-up encoder's rotation loop when the warm-up ends, and trains a fresh warm-up
+if no linear flow could follow it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
 from vaells.models.base import has_operators
+from vaells.networks import reinitialise
 
 log = logging.getLogger(__name__)
+
+
+def fixed_validation_digits(dm, num_digits: int, seed: int) -> torch.Tensor | None:
+    """``num_digits`` upright validation digits (N, 1, H, W) drawn with ``seed``, the same at every call; None for
+    data without rotations (or before the data module is set up)."""
+    val_set = getattr(dm, "val_set", None)
+    if not getattr(dm, "rotates_digits", False) or val_set is None:
+        return None
+    pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(seed))
+    return torch.stack([val_set[int(i)]["digit"] for i in pick[:num_digits]])
 
 
 class OperatorMonitor(pl.Callback):
@@ -44,12 +60,8 @@ class OperatorMonitor(pl.Callback):
 
     def validation_digits(self, dm) -> torch.Tensor | None:
         """The fixed subset of upright validation digits (N, 1, H, W), or None for data without rotations."""
-        val_set = getattr(dm, "val_set", None)
-        if not getattr(dm, "rotates_digits", False) or val_set is None:
-            return None
         if self._digits is None:
-            pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(self.seed))
-            self._digits = torch.stack([val_set[int(i)]["digit"] for i in pick[: self.num_digits]])
+            self._digits = fixed_validation_digits(dm, self.num_digits, self.seed)
         return self._digits
 
     def metrics(self, pl_module: pl.LightningModule, dm) -> dict[str, float]:
@@ -102,3 +114,104 @@ class DecayWhenLearned(pl.Callback):
             rule.decay_after = since_warmup
             log.info("%s = %.3f reached %.3f at VAELLS batch %d: the operators' step decays from here",
                      self.monitor, float(value), self.threshold, since_warmup)
+
+
+class WarmupFlowCheck(pl.Callback):
+    """When the warm-up ends, check that one linear flow could rotate the digits through the warm-up encoder; if
+    not, draw the networks afresh and train the warm-up again.
+
+    The operator can only follow the loop that the encoder draws as a digit turns, and at the prior's default
+    weight in network phases VAELLS leaves that loop as the warm-up drew it (README, "What decides"). So at the
+    batch where VAELLS proper would begin, ``rotation_flow_fit`` scores the encoder on a fixed subset of upright
+    validation digits. Below ``threshold``, the encoder and decoder are redrawn (``vaells.networks.reinitialise``),
+    their optimizer's moments are cleared, and a new warm-up of whole epochs (at least the configured one) runs;
+    the run gets as many more epochs, so the VAELLS phase keeps its length and the operators' step decay
+    (counted from the warm-up's end) its place. The operators themselves are left as they are: the warm-up never
+    steps them, and their initialisation stays the reference of ``operator_drift``. After ``max_restarts`` fresh
+    warm-ups the run goes on with the last, with a warning. The restarts are kept in checkpoints, so a resumed run
+    continues the same schedule. Runs without operators or without rotated digits are left alone.
+
+    Args:
+        threshold: the lowest ``rotation_flow_order`` accepted.
+        max_restarts: fresh warm-ups at most.
+        num_digits, seed: the validation digits (``OperatorMonitor``'s defaults: the same 50 digits).
+    """
+
+    def __init__(self, threshold: float = 0.95, max_restarts: int = 3, num_digits: int = 50, seed: int = 0) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"callbacks.warmup_flow_check.threshold must be in (0, 1], got {threshold}")
+        if max_restarts < 0 or num_digits < 1:
+            raise ValueError("callbacks.warmup_flow_check needs max_restarts >= 0 and num_digits >= 1, got "
+                             f"{max_restarts} and {num_digits}")
+        self.threshold, self.max_restarts, self.num_digits, self.seed = float(threshold), max_restarts, num_digits, seed
+        self.scores: list[float] = []  # the flow order at each warm-up end checked
+        self.added_batches = self.added_epochs = 0
+        self._digits: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": list(self.scores), "added_batches": self.added_batches, "added_epochs": self.added_epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.scores = list(state_dict["scores"])
+        self.added_batches, self.added_epochs = state_dict["added_batches"], state_dict["added_epochs"]
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A resumed run: its schedule and epoch count come from the config, the restarts from the checkpoint.
+        if self.added_batches and hasattr(pl_module, "schedule"):
+            pl_module.schedule.warmup_steps += self.added_batches
+            _extend(trainer, self.added_epochs)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        schedule = getattr(pl_module, "schedule", None)
+        if (schedule is None or not has_operators(pl_module) or schedule.warmup_steps == 0
+                or pl_module.batch_counter != schedule.warmup_steps):
+            return
+        if self._digits is None:
+            self._digits = fixed_validation_digits(trainer.datamodule, self.num_digits, self.seed)
+        if self._digits is None:
+            return
+        from vaells.evaluation.images import rotation_flow_fit
+
+        score = rotation_flow_fit(pl_module, self._digits, seed=self.seed)["rotation_flow_order"]
+        self.scores.append(score)
+        pl_module.log("train/warmup_flow_order", score)
+        tries = len(self.scores)
+        if score >= self.threshold:
+            log.info("warm-up %d ends at batch %d: the encoder's rotation_flow_order %.3f >= %.3f, VAELLS begins",
+                     tries, pl_module.batch_counter, score, self.threshold)
+            return
+        if tries > self.max_restarts:
+            log.warning("warm-up %d ends at batch %d with rotation_flow_order %.3f < %.3f, after %d fresh warm-ups "
+                        "(scores %s): VAELLS begins anyway, and the operator may not learn the rotation. Raise "
+                        "callbacks.warmup_flow_check.max_restarts to try more.", tries, pl_module.batch_counter,
+                        score, self.threshold, self.max_restarts, ", ".join(f"{s:.3f}" for s in self.scores))
+            return
+        self._restart(trainer, pl_module)
+        log.info("warm-up %d ends at batch %d: the encoder's rotation_flow_order %.3f < %.3f; networks redrawn, "
+                 "warm-up %d until batch %d, the run extended to %d epochs", tries, pl_module.batch_counter,
+                 score, self.threshold, tries + 1, schedule.warmup_steps, trainer.fit_loop.max_epochs)
+
+    def _restart(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        networks = [pl_module.encoder, pl_module.decoder]
+        for net in networks:
+            reinitialise(net)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                for param in net.parameters():  # every rank continues from rank 0's draw
+                    torch.distributed.broadcast(param.data, src=0)
+        opt_net = pl_module.optimizers()[0]
+        opt_net.optimizer.state.clear() if hasattr(opt_net, "optimizer") else opt_net.state.clear()
+        # A warm-up of whole epochs, at least the configured one (its first end is at batch warmup_steps), so that
+        # the epochs added to the run hold exactly the batches added to the warm-up.
+        per_epoch = max(1, int(trainer.num_training_batches))
+        epochs = math.ceil((pl_module.schedule.warmup_steps - self.added_batches) / per_epoch)
+        pl_module.schedule.warmup_steps += epochs * per_epoch
+        self.added_batches += epochs * per_epoch
+        self.added_epochs += epochs
+        _extend(trainer, epochs)
+
+
+def _extend(trainer: pl.Trainer, epochs: int) -> None:
+    """``epochs`` more for the run (a run without an epoch limit, max_epochs -1, is left as it is)."""
+    if trainer.fit_loop.max_epochs is not None and trainer.fit_loop.max_epochs >= 0:
+        trainer.fit_loop.max_epochs += epochs
