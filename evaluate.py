@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaells.builders import build_datamodule, build_model, load_run
 from vaells.evaluation.likelihood import likelihood_settings
-from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, write_metrics
+from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, training_record, write_metrics
 from vaells.figures.callbacks import save_run_figures
 from vaells.figures.images import save_matched_ring
 from vaells.progress import quiet_known_messages, stage
@@ -77,7 +77,7 @@ def main(cfg: DictConfig) -> None:
     with stage("figures"):
         save_run_figures(model, dm, out / "figures", figure_options)
         save_matched_ring(model, dm, metrics, out / "figures")
-    metrics = {**record, **metrics, "ckpt_path": str(ckpt_path)}
+    metrics = {**record, **metrics, **training_record(checkpoint.get("callbacks", {})), "ckpt_path": str(ckpt_path)}
     path = write_metrics(metrics, out)
     print(format_metrics(metrics))
     print(f"\nWrote {path}")

@@ -24,7 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from vaells.builders import build_datamodule, build_model
 from vaells.checkpoints import SIGTERM_EXIT_STATUS
 from vaells.evaluation.likelihood import likelihood_settings
-from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, write_metrics
+from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, training_record, write_metrics
 from vaells.figures.images import save_matched_ring
 from vaells.models.base import TrainingStopped
 from vaells.progress import format_scalars, quiet_known_messages
@@ -131,6 +131,7 @@ def main(cfg: DictConfig) -> None:
         metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation,
                                  **ll_settings)
         save_matched_ring(model, dm, metrics, Path(out) / "figures")
+        metrics |= training_record({cb.state_key: cb.state_dict() for cb in trainer.callbacks})
         path = write_metrics({**record, **metrics}, out)
         log.info("test metrics:\n%s", format_metrics(metrics))
         print(f"Test metrics of the final model: {path}")

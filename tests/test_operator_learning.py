@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from vaells.data.mnist import RotatedSmallDigitsDataModule, rotate
 from vaells.evaluation.images import match_spread, pearson
 from vaells.evaluation.monitors import OperatorMonitor
-from vaells.evaluation.summary import operator_metrics
+from vaells.evaluation.summary import operator_metrics, training_record
 from vaells.inference import CoefficientSolver, infer_coefficients, infer_jointly
 from vaells.transport import DILATION, MIXED, ROTATION, SPIRAL, TransportOperator, operator_reading
 
@@ -204,6 +204,9 @@ def test_warmup_flow_check_redraws_a_warmup_no_flow_follows_and_keeps_a_good_one
     bad.batch_counter = 41
     check.on_train_batch_start(run, bad, None, 0)
     assert len(check.scores) == 2 and bad.schedule.warmup_steps == 41 and run.fit_loop.max_epochs == 13
+    # metrics.json records every warm-up's score (from a checkpoint's callback states).
+    assert training_record({"WarmupFlowCheck": check.state_dict()}) == {"warmup_flow_orders": check.scores}
+    assert training_record({"OtherCallback": {"x": 1}}) == {}
     with pytest.raises(ValueError, match="threshold"):
         WarmupFlowCheck(threshold=1.5)
 

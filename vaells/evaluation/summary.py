@@ -37,6 +37,17 @@ def operator_metrics(transport: TransportOperator) -> dict[str, list]:
     }
 
 
+def training_record(callback_states: dict[str, dict]) -> dict[str, list]:
+    """What training decided that the weights do not show, from the callbacks' saved states (a checkpoint's
+    ``callbacks``): ``warmup_flow_orders``, the encoder's ``rotation_flow_order`` at each warm-up's end, one
+    entry per warm-up trained (``vaells.evaluation.monitors.WarmupFlowCheck``; empty dict if it did not run)."""
+    out = {}
+    for key, state in callback_states.items():
+        if "WarmupFlowCheck" in key and state.get("scores"):
+            out["warmup_flow_orders"] = [float(v) for v in state["scores"]]
+    return out
+
+
 @torch.no_grad()
 def encode_split(model: nn.Module, loader) -> dict[str, torch.Tensor]:
     """Latent locations of a whole split, with its labels and (synthetic data) true coordinates."""
