@@ -137,7 +137,7 @@ class WarmupFlowCheck(pl.Callback):
         num_digits, seed: the validation digits (``OperatorMonitor``'s defaults: the same 50 digits).
     """
 
-    def __init__(self, threshold: float = 0.95, max_restarts: int = 3, num_digits: int = 50, seed: int = 0) -> None:
+    def __init__(self, threshold: float = 0.93, max_restarts: int = 3, num_digits: int = 50, seed: int = 0) -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"callbacks.warmup_flow_check.threshold must be in (0, 1], got {threshold}")
         if max_restarts < 0 or num_digits < 1:
