@@ -200,7 +200,8 @@ class WarmupFlowCheck(pl.Callback):
                 for param in net.parameters():  # every rank continues from rank 0's draw
                     torch.distributed.broadcast(param.data, src=0)
         opt_net = pl_module.optimizers()[0]
-        opt_net.optimizer.state.clear() if hasattr(opt_net, "optimizer") else opt_net.state.clear()
+        # Adam's moments belong to the old weights (Lightning wraps the torch optimizer; a bare one has .state).
+        getattr(opt_net, "optimizer", opt_net).state.clear()
         # A warm-up of whole epochs, at least the configured one (its first end is at batch warmup_steps), so that
         # the epochs added to the run hold exactly the batches added to the warm-up.
         per_epoch = max(1, int(trainer.num_training_batches))
