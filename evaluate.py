@@ -17,13 +17,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vaells.builders import build_datamodule, build_model, load_run
-from vaells.evaluation.likelihood import likelihood_settings
-from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, training_record, write_metrics
-from vaells.figures.callbacks import save_run_figures
-from vaells.figures.images import save_matched_ring
-from vaells.progress import quiet_known_messages, stage
-from vaells.runs import (
+from vaells.app.builders import build_datamodule, build_model, load_run
+from vaells.app.runs import (
     SETTING_ERRORS,
     UsageError,
     evaluation_folder,
@@ -32,7 +27,13 @@ from vaells.runs import (
     run_folder,
     saved_run_record,
 )
-from vaells.validation import check_data, check_evaluate_config
+from vaells.app.validation import check_data, check_evaluate_config
+from vaells.evaluation.likelihood import likelihood_settings
+from vaells.evaluation.progress import stage
+from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, training_record, write_metrics
+from vaells.figures.images import save_matched_ring
+from vaells.training.figures import save_run_figures
+from vaells.training.progress import quiet_known_messages
 
 log = logging.getLogger(__name__)
 # conf/evaluate.yaml's hydra.run.dir: the evaluation goes beside the run it evaluates.

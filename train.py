@@ -3,9 +3,9 @@ then score the final model on the test split into the run's ``metrics.json`` (``
 ``python train.py --help`` lists the experiments, models, data sets and common overrides.
 
 ``python train.py ckpt_path=RUN/checkpoints/last.ckpt`` (or ``ckpt_path=last`` inside RUN) resumes a run in its own
-folder with the config stored in its checkpoint (``vaells.runs.resumed_config``). A SIGTERM writes ``last.ckpt`` and
-exits with status 143 (``vaells.checkpoints``); training that keeps producing non-finite steps stops with a message
-and status 1 (``vaells.models.base.ModelBase``)."""
+folder with the config stored in its checkpoint (``vaells.app.runs.resumed_config``). A SIGTERM writes
+``last.ckpt`` and exits with status 143 (``vaells.training.checkpoints``); training that keeps producing
+non-finite steps stops with a message and status 1 (``vaells.models.module.ModelBase``)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from vaells.builders import build_datamodule, build_model
-from vaells.checkpoints import SIGTERM_EXIT_STATUS
-from vaells.evaluation.likelihood import likelihood_settings
-from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, training_record, write_metrics
-from vaells.figures.images import save_matched_ring
-from vaells.models.base import TrainingStopped
-from vaells.progress import format_scalars, quiet_known_messages
-from vaells.runs import (
+from vaells.app.builders import build_datamodule, build_model
+from vaells.app.runs import (
     SETTING_ERRORS,
     UsageError,
     check_data_choice,
@@ -41,7 +35,13 @@ from vaells.runs import (
     run_record,
     separate_rank_log,
 )
-from vaells.validation import check_model_fits_data, check_train_config
+from vaells.app.validation import check_model_fits_data, check_train_config
+from vaells.evaluation.likelihood import likelihood_settings
+from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, training_record, write_metrics
+from vaells.figures.images import save_matched_ring
+from vaells.models.module import TrainingStopped
+from vaells.training.checkpoints import SIGTERM_EXIT_STATUS
+from vaells.training.progress import format_scalars, quiet_known_messages
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -74,7 +74,7 @@ def main(cfg: DictConfig) -> None:
         else:
             record = run_record(hydra_cfg)
             check_data_choice(record, CONF_DIR)
-        check_train_config(cfg)  # every setting against vaells/validation.py's schema, before any data loads
+        check_train_config(cfg)  # every setting against vaells/app/validation.py's schema, before any data loads
         torch.set_num_threads(cfg.threads)
         fast_dev_run = bool(cfg.trainer.get("fast_dev_run"))
         if fast_dev_run and OmegaConf.select(cfg, "model.schedule.warmup_steps"):

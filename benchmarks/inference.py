@@ -15,6 +15,7 @@ solvers' settings (20 iterations, ftol 1e-10, float32 Jacobian), reported as mic
     python benchmarks/inference.py                 # all four settings, CPU
     python benchmarks/inference.py --device cuda   # the project's solver on a GPU (reference stays on CPU)
     python benchmarks/inference.py --settings swiss_roll --repeats 3
+    python benchmarks/inference.py --settings swiss_roll --repeats 1 --throughput-pairs 50   # a quick check
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def time_reference(p: dict, s: Setting) -> tuple[float, np.ndarray]:
     return elapsed, torch.cat([e_prior, e_post]).numpy()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -180,7 +181,9 @@ def main() -> None:
     parser.add_argument("--jacobian-dtype", default=None, help="the solvers' jacobian_dtype (default: theirs)")
     parser.add_argument("--throughput-pairs", type=int, default=20000,
                         help="pairs of the throughput run (at training settings); 0 skips it")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.throughput_pairs < 0 or not args.settings:
+        parser.error("need --repeats >= 1, --throughput-pairs >= 0 and at least one setting")
     torch.set_num_threads(args.threads)
     unknown = set(args.settings) - {s.name for s in SETTINGS}
     if unknown:
@@ -235,6 +238,7 @@ def main() -> None:
     }
     assert all(math.isfinite(v) for v in speedups)
     print(json.dumps(summary))
+    return summary
 
 
 if __name__ == "__main__":

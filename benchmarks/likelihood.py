@@ -15,6 +15,7 @@ solvers), on MNIST test digits (``--root``) or, without data, on random images w
     python benchmarks/likelihood.py                                  # random-init model, 1000 points, K = 100
     python benchmarks/likelihood.py --ckpt RUN/checkpoints/last.ckpt --root /path/to/mnist
     python benchmarks/likelihood.py --points 4 --reference-points 1 --samples 10     # a quick check
+    python benchmarks/likelihood.py --points 2 --reference-points 1 --samples 2 --overrides data.anchors_per_class=1
 
 Prints a table, then one JSON line with ``speedup`` (reference ms per point / project ms per point) and
 ``ms_per_point`` (the project's).
@@ -34,21 +35,22 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from vaells.builders import build_datamodule, build_model, load_run
+from vaells.app.builders import build_datamodule, build_model, load_run
 from vaells.distributions import log_mean_exp
 from vaells.evaluation.likelihood import SAMPLES_PER_CHUNK, draw_test_points
-from vaells.models.importance import importance_samples, importance_terms
 from vaells.reference import reference_log_weights
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def natural_mnist_model(root: str | None, num_points: int, seed: int):
+def natural_mnist_model(root: str | None, num_points: int, seed: int, extra: list[str] | tuple[str, ...] = ()):
     """A randomly initialised natural-MNIST VAELLS and ``num_points`` test points: MNIST's (``root``) or random
-    images in [0, 1] with random labels, and random anchor images, when there is no data."""
+    images in [0, 1] with random labels, and random anchor images, when there is no data. ``extra``: Hydra
+    overrides applied after the experiment's (e.g. ``data.anchors_per_class=1``)."""
     overrides = ["experiment=natural_mnist", f"seed={seed}", "~callbacks.latent_figures"]
     if root is not None:
         overrides += [f"data.root={root}", "data.download=false"]
+    overrides += list(extra)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     torch.manual_seed(seed)
@@ -86,8 +88,8 @@ def run_project(model, points: dict, k: int, chunk: int) -> tuple[float, torch.T
         part = {"labels": None if labels is None else labels[i:i + chunk],
                 "anchors": None if anchors is None else anchors[i:i + chunk]}
         start = time.perf_counter()
-        samples = importance_samples(model, x[i:i + chunk], k, **part)
-        terms = importance_terms(model, x[i:i + chunk], samples)
+        samples = model.importance_samples(x[i:i + chunk], k, **part)
+        terms = model.importance_terms(x[i:i + chunk], samples)
         log_w = terms["log_lik"] + terms["log_prior"] - terms["log_posterior"]  # (chunk, K)
         lls.append(log_mean_exp(log_w))
         elapsed += time.perf_counter() - start
@@ -113,7 +115,7 @@ def run_reference(model, points: dict, draws: list, num_points: int) -> tuple[fl
     return time.perf_counter() - start, np.array(lls)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", default=None, help="a trained natural-MNIST run's checkpoint (default: random init)")
     parser.add_argument("--root", default=None, help="MNIST's data.root (offline); without it, random images")
@@ -123,14 +125,18 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=None, help="points per batched call (default: the estimator's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of the random-init model, e.g. "
+                        "data.anchors_per_class=1 for a quick check (not with --ckpt)")
+    args = parser.parse_args(argv)
     if not 1 <= args.reference_points <= args.points or args.samples < 1:
         parser.error("need 1 <= --reference-points <= --points and --samples >= 1")
+    if args.ckpt and args.overrides:
+        parser.error("--overrides change the random-init model; a checkpoint keeps its own config")
     torch.set_num_threads(args.threads)
     if args.ckpt:
         model, points, source = trained_model(args.ckpt, args.root, args.points, args.seed)
     else:
-        model, points, source = natural_mnist_model(args.root, args.points, args.seed)
+        model, points, source = natural_mnist_model(args.root, args.points, args.seed, args.overrides)
     model.eval()
     n = points["x"].shape[0]
     chunk = args.chunk or max(1, SAMPLES_PER_CHUNK // args.samples)
@@ -170,6 +176,7 @@ def main() -> None:
     }
     assert all(math.isfinite(v) for v in (summary["speedup"], summary["ms_per_point"]))
     print(json.dumps(summary))
+    return summary
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ loop). ``step_ms`` is the schedule's mean over its VAELLS phases (alternating: w
     python benchmarks/step.py --root /path/to/mnist          # all four experiments (MNIST from that root)
     python benchmarks/step.py --experiments swiss_roll concentric_circles --steps 10
     python benchmarks/step.py --root /path/to/mnist --experiments natural_mnist --overrides KEY=VALUE
+    python benchmarks/step.py --experiments swiss_roll --steps 1 --warmup 0 --reference-steps 0   # a quick check
 
 MNIST experiments need ``--root`` (a folder holding MNIST/raw); without it they are skipped. Prints a table,
 then one JSON line: ``{"settings": {name: {"step_ms", "reference_step_ms", "ae_step_ms", "speedup",
@@ -45,10 +46,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import vaells.models.vaells as vaells_module
-from vaells.builders import build_datamodule, build_model
-from vaells.inference import InferenceResult, _flatten
+from vaells.app.builders import build_datamodule, build_model
+from vaells.inference import InferenceResult
 from vaells.models.schedule import JOINT, NET, PSI
 from vaells.reference import reference_infer
+from vaells.solver import flatten
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = ("swiss_roll", "concentric_circles", "rotated_mnist", "natural_mnist")
@@ -60,9 +62,9 @@ def reference_jointly(psi: torch.Tensor, requests) -> list[InferenceResult]:
     """``infer_jointly``'s contract, solved pair by pair and start by start with ``reference_infer``."""
     results = []
     for solver, z0, z1, c_init in requests:
-        flat = _flatten(psi.detach().to(torch.float64), z0, z1, c_init, solver.restarts, None)
+        flat = flatten(psi.detach().to(torch.float64), z0, z1, c_init, solver.restarts, None)
         r = flat.num_restarts
-        # _flatten repeats each pair once per start; the reference takes (P, d) pairs and (P, R, M) starts.
+        # flatten repeats each pair once per start; the reference takes (P, d) pairs and (P, R, M) starts.
         z0_p, z1_p = flat.z0.view(-1, r, z0.shape[-1])[:, 0], flat.z1.view(-1, r, z1.shape[-1])[:, 0]
         starts = flat.c.view(z0_p.shape[0], r, -1)
         c, e, it = reference_infer(psi.detach().double().numpy(), z0_p.numpy(), z1_p.numpy(), starts.numpy(),
@@ -214,7 +216,7 @@ def bench_experiment(name: str, args) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", nargs="*", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     parser.add_argument("--root", default=None, help="MNIST root (a folder holding MNIST/raw); MNIST is skipped "
@@ -228,7 +230,9 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for every experiment, e.g. "
                         "model.prior_solver.screen_after=null to time a setting against the default")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.reference_steps < 0:
+        parser.error("need --steps >= 1, --warmup >= 0 and --reference-steps >= 0")
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -256,6 +260,7 @@ def main() -> None:
     summary = {"settings": rows, "device": device, "threads": torch.get_num_threads()}
     assert all(np.isfinite(r["step_ms"]) for r in rows.values())
     print(json.dumps(summary))
+    return summary
 
 
 if __name__ == "__main__":

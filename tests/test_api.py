@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT, compose_train
 
 import vaells
-from vaells.builders import build_datamodule, build_model
+from vaells.app.builders import build_datamodule, build_model
 from vaells.evaluation.summary import evaluate_model
 
 
@@ -52,6 +52,7 @@ def vae_run(tmp_path_factory) -> vaells.Run:
     return vaells.load(_train(["experiment=concentric_circles", "model=vae"], tmp_path_factory.mktemp("vae"))[0])
 
 
+@pytest.mark.e2e
 def test_import_vaells_is_light() -> None:
     code = "import sys, vaells; print('torch' in sys.modules, callable(vaells.load))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -175,6 +176,7 @@ def test_figures_are_saved(run, tmp_path: Path) -> None:
         run.save_images(torch.rand(6, 20), tmp_path / "no.png")
 
 
+@pytest.mark.e2e
 def test_evaluation_reports_the_path_metrics(circles) -> None:
     _, model, dm = circles
     metrics = evaluate_model(model, dm)
@@ -196,7 +198,7 @@ def test_paths_command_writes_a_figure_per_pair(circles, cli) -> None:
 
 
 def test_checkpoints_saved_before_the_input_shape_was_stored_still_load(circles, tmp_path: Path) -> None:
-    from vaells.builders import checkpoint_input_shape
+    from vaells.app.builders import checkpoint_input_shape
 
     checkpoint = torch.load(circles[0], weights_only=False)
     assert checkpoint.pop("input_shape") == [20]

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import train
-from vaells.builders import build_datamodule, build_model
+from vaells.app.builders import build_datamodule, build_model
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 SYNTHETIC = ["concentric_circles", "swiss_roll"]
@@ -178,6 +178,7 @@ def test_data_tensor_file_alone_stops_and_names_the_experiment(tmp_path: Path, c
 
 
 # -- bad input stops before training --------------------------------------------------------------------
+@pytest.mark.e2e
 def test_unknown_experiment_exits_nonzero_listing_the_options(tmp_path: Path) -> None:
     """The one real subprocess: ``python train.py`` itself exits non-zero on a bad override."""
     proc = subprocess.run(
@@ -251,6 +252,7 @@ def test_last_checkpoint_is_the_final_epoch_and_a_short_run_has_a_best(tmp_path:
 
 
 # -- evaluate.py ----------------------------------------------------------------------------------------
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("experiment", "data_override", "num_test", "structure_keys"),
     [

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from power_spherical import HypersphericalUniform, PowerSpherical
 
 import train
-from vaells.builders import build_datamodule, build_model
+from vaells.app.builders import build_datamodule, build_model
 from vaells.models.base import LatentModel, has_operators
 from vaells.models.svae import HypersphericalVAE, SphericalPowerSpherical
 from vaells.models.vae import GaussianVAE

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from vaells.data.datamodules import ConcentricCirclesDataModule, SwissRollDataModule
 from vaells.data.mnist import rotate
 from vaells.evaluation.comparison import SHARE_ANGLES, comparative_metrics, nearest_distance, prior_fit, rotation_share
-from vaells.evaluation.images import match_spread, sample_variation
+from vaells.evaluation.preservation import match_spread, sample_variation
 
 
 class PointPrior(nn.Module):

@@ -40,6 +40,7 @@ def assert_ranks_identical(run: Path) -> int:
     return len(rank0)
 
 
+@pytest.mark.e2e
 def test_two_gloo_ranks_keep_psi_identical_after_every_step(tmp_path) -> None:
     run = tmp_path / "run"
     proc = train(*DDP, "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
@@ -52,7 +53,7 @@ def test_two_gloo_ranks_keep_psi_identical_after_every_step(tmp_path) -> None:
 
 
 def test_only_rank_zero_draws_figures(tmp_path) -> None:
-    from vaells.figures.callbacks import LatentFigures
+    from vaells.training.figures import LatentFigures
 
     figures = LatentFigures(output_dir=tmp_path / "figures")
     trainer = SimpleNamespace(is_global_zero=False, sanity_checking=False, fast_dev_run=False, current_epoch=0)
@@ -81,7 +82,7 @@ def test_srun_ranks_log_beside_rank_zero(tmp_path, monkeypatch) -> None:
     """Under srun every task has Hydra's job name: rank r > 0 moves its log to train_rank<r>.log."""
     import logging
 
-    from vaells.runs import separate_rank_log
+    from vaells.app.runs import separate_rank_log
 
     handler = logging.FileHandler(tmp_path / "train.log")
     root = logging.getLogger()

@@ -8,13 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaells.inference import (
-    DEFAULT_RESTARTS,
-    CoefficientSolver,
-    energy,
-    infer_coefficients,
-    restart_inits,
-)
+from vaells.inference import DEFAULT_RESTARTS, CoefficientSolver, energy, infer_coefficients, restart_inits
 from vaells.reference import reference_infer
 from vaells.transport import transport_matrix
 
@@ -364,13 +358,13 @@ def test_one_operator_newton_matches_the_general_solver(monkeypatch, d: int, l1:
     """M = 1 takes the scalar Newton path (Psi's eigenbasis); per pair, from the same starts, its energy is at most
     the general Levenberg-Marquardt solver's (forced by refusing the eigenbasis), within roundoff. lambda = 0.5
     pins coefficients at exact zeros; the box keeps |c| <= max_coeff."""
-    import vaells.inference as inference
+    import vaells.solver as solver
     from vaells.transport import EigenTransportApply, transport_apply
 
     psi, z0, z1, c_init = _planted_set(3, d, 1, 64, scale=0.05)
     assert isinstance(transport_apply(psi), EigenTransportApply)
     newton = infer_coefficients(psi, z0, z1, l1_weight=l1, c_init=c_init, max_coeff=max_coeff)
-    monkeypatch.setattr(inference, "transport_apply", lambda p: transport_apply(p, max_cond=0.0))
+    monkeypatch.setattr(solver, "transport_apply", lambda p: transport_apply(p, max_cond=0.0))
     general = infer_coefficients(psi, z0, z1, l1_weight=l1, c_init=c_init, max_coeff=max_coeff)
     assert torch.all(newton.energy <= general.energy * (1 + 1e-9) + 1e-12), torch.stack(
         [newton.energy, general.energy], -1)
@@ -384,13 +378,13 @@ def test_one_operator_newton_matches_the_general_solver(monkeypatch, d: int, l1:
 
 # -- anchor screening (closest-anchor prior) --------------------------------------------------------------
 def test_screen_survivors_are_the_best_of_each_group() -> None:
-    from vaells.inference import _Screen
+    from vaells.solver import Screen
 
     groups = torch.tensor([0, 0, 0, -1, 1, 1, 2, -1, 0])
     e = torch.tensor([3.0, 1.0, 2.0, 9.0, 5.0, 4.0, 7.0, 8.0, 0.5])
-    keep = _Screen(groups, after=1, keep=1).survivors(e)
+    keep = Screen(groups, after=1, keep=1).survivors(e)
     assert keep.tolist() == [False, False, False, True, False, True, True, True, True]
-    keep2 = _Screen(groups, after=1, keep=2).survivors(e)
+    keep2 = Screen(groups, after=1, keep=2).survivors(e)
     assert keep2.tolist() == [False, True, False, True, True, True, True, True, True]
 
 

@@ -15,7 +15,7 @@ from conftest import compose_train
 from omegaconf import OmegaConf
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from vaells.builders import build_datamodule, build_model
+from vaells.app.builders import build_datamodule, build_model
 from vaells.evaluation.likelihood import (
     draw_test_points,
     likelihood_settings,
@@ -25,7 +25,6 @@ from vaells.evaluation.likelihood import (
 )
 from vaells.inference import infer_coefficients
 from vaells.models.base import LatentModel
-from vaells.models.importance import importance_samples, importance_terms
 from vaells.reference import reference_log_weights
 
 
@@ -147,7 +146,7 @@ def test_two_seeds_agree_within_their_standard_errors_and_leave_the_random_state
 
 def test_progress_logs_plain_lines_off_a_terminal(caplog) -> None:
     model = LinearGaussian()
-    with caplog.at_level(logging.INFO, logger="vaells.progress"):
+    with caplog.at_level(logging.INFO, logger="vaells.training.progress"):
         log_likelihood(model, _data(model, 30), 4, points_per_chunk=3, progress=True)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("log-likelihood")]
     assert lines[0] == "log-likelihood, 30 points x K=4 ..."
@@ -201,8 +200,8 @@ def test_vaells_terms_are_the_per_point_formula_at_the_same_samples(closest_anch
                         f"model.closest_anchor={closest_anchor}")
     batch = draw_test_points(dm, 3, seed=1)
     torch.manual_seed(0)
-    samples = importance_samples(model, batch["x"], 4, labels=batch["label"])
-    terms = importance_terms(model, batch["x"], samples)
+    samples = model.importance_samples(batch["x"], 4, labels=batch["label"])
+    terms = model.importance_terms(batch["x"], samples)
     assert samples.anchors.shape == (3, 3, 2) and samples.prior_init.shape == (3, 4, 3, 2, 4)
     with torch.no_grad():
         x_hat = model.decode(samples.z.flatten(0, 1)).view(3, 4, -1)

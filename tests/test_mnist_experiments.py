@@ -18,25 +18,15 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from vaells.builders import build_datamodule, build_model
+from vaells.app.builders import build_datamodule, build_model
 from vaells.data.mnist import MNIST_RAW_FILES, MNISTDataModule, RotatedMNISTDataModule, rotate
 from vaells.distributions import TransportPosterior
+from vaells.evaluation.classifier import cached_classifier, predict, train_classifier
+from vaells.evaluation.common import pearson_matrix, spearman
 from vaells.evaluation.comparison import comparative_metrics, rotation_share_matched
-from vaells.evaluation.images import (
-    cached_classifier,
-    class_preservation,
-    class_preservation_ceiling,
-    coefficient_span,
-    mnist_metrics,
-    pearson_matrix,
-    predict,
-    rotation_flow_fit,
-    rotation_metrics,
-    rotation_span,
-    spearman,
-    train_classifier,
-)
-from vaells.figures.callbacks import LatentFigures, save_figures
+from vaells.evaluation.preservation import class_preservation, class_preservation_ceiling
+from vaells.evaluation.rotation import coefficient_span, rotation_flow_fit, rotation_metrics, rotation_span
+from vaells.evaluation.summary import mnist_metrics
 from vaells.figures.images import (
     build_image_figures,
     extrapolated_paths,
@@ -44,6 +34,7 @@ from vaells.figures.images import (
     posterior_ring,
     save_matched_ring,
 )
+from vaells.training.figures import LatentFigures, save_figures
 from vaells.transport import TransportOperator
 
 NUM_TRAIN_FILE, NUM_TEST_FILE = 120, 40  # 100 train / 20 val: 10 per class, enough for 8 anchors per class
@@ -130,6 +121,7 @@ def test_experiment_composes_and_builds(experiment, d, m, n_a, size, dm_class, m
         assert model.anchor_inputs is None and next(iter(dm.train_dataloader()))["anchors"].shape[1] == n_a
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("experiment", ["rotated_mnist", "natural_mnist"])
 def test_fast_dev_run(experiment: str, cli_runs) -> None:
     code, out, err, run_dir = cli_runs[experiment]
@@ -145,6 +137,7 @@ def test_fast_dev_run(experiment: str, cli_runs) -> None:
     assert "No checkpoint was written" in out and "Evaluate with" not in out
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["rotated_mnist", "natural_mnist", "baselines", "missing"])
 def test_output_is_plain_lines_without_library_chatter(name: str, cli_runs) -> None:
     """Piped output (not a terminal): progress as lines, no carriage returns, and neither Lightning's litlogger
@@ -156,6 +149,7 @@ def test_output_is_plain_lines_without_library_chatter(name: str, cli_runs) -> N
         assert re.search(r"epoch 1/1 batch 1/1 .*train/loss=", out), out[-2000:]
 
 
+@pytest.mark.e2e
 def test_every_baseline_fast_dev_runs_on_both_experiments(cli_runs) -> None:
     code, out, err, sweep = cli_runs["baselines"]
     assert code == 0, err[-3000:]
@@ -167,6 +161,7 @@ def test_every_baseline_fast_dev_runs_on_both_experiments(cli_runs) -> None:
         assert saved.model.encoder.image_size == (32 if saved.data._target_.endswith("RotatedMNISTDataModule") else 28)
 
 
+@pytest.mark.e2e
 def test_missing_data_names_the_path_and_data_root(cli_runs) -> None:
     code, out, err, empty = cli_runs["missing"]
     assert code != 0
@@ -335,7 +330,7 @@ def test_rotation_span_turns_the_fundamental_when_a_harmonic_moves_faster() -> N
 
 # -- class metrics ---------------------------------------------------------------------------------------
 def _split(root: Path) -> tuple[MNISTDataModule, Tensor, Tensor, Tensor, Tensor]:
-    from vaells.evaluation.images import dataset_tensors
+    from vaells.evaluation.common import dataset_tensors
 
     dm = MNISTDataModule(root=str(root), download=False)
     dm.setup("fit")

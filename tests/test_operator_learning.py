@@ -12,11 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from vaells.data.mnist import RotatedSmallDigitsDataModule, rotate
-from vaells.evaluation.images import match_spread, pearson
-from vaells.evaluation.monitors import OperatorMonitor
-from vaells.evaluation.summary import operator_metrics, training_record
+from vaells.evaluation.common import pearson
+from vaells.evaluation.operators import DILATION, MIXED, ROTATION, SPIRAL, operator_metrics, operator_reading
+from vaells.evaluation.preservation import match_spread
+from vaells.evaluation.summary import training_record
 from vaells.inference import CoefficientSolver, infer_coefficients, infer_jointly
-from vaells.transport import DILATION, MIXED, ROTATION, SPIRAL, TransportOperator, operator_reading
+from vaells.training.monitors import OperatorMonitor
+from vaells.transport import TransportOperator
 
 
 def _rotation(omega: float, real: float = 0.0) -> Tensor:
@@ -168,7 +170,7 @@ class _WarmupModel(_TurnModel):
 
 
 def test_warmup_flow_check_redraws_a_warmup_no_flow_follows_and_keeps_a_good_one() -> None:
-    from vaells.evaluation.monitors import WarmupFlowCheck
+    from vaells.training.monitors import WarmupFlowCheck
 
     dm = RotatedSmallDigitsDataModule(seed=0)
     dm.setup("fit")
@@ -237,8 +239,8 @@ def test_rotated_small_digits_load_offline_with_rotations_and_per_sample_anchors
 def test_decay_when_learned_starts_the_step_decay_once_the_metric_is_reached() -> None:
     from types import SimpleNamespace
 
-    from vaells.evaluation.monitors import DecayWhenLearned
     from vaells.models.schedule import AcceptRejectRule
+    from vaells.training.monitors import DecayWhenLearned
 
     rule = AcceptRejectRule(lr=1e-3, decay_after=5000)
     module = SimpleNamespace(psi_rule=rule, batch_counter=2000, schedule=SimpleNamespace(warmup_steps=1500))

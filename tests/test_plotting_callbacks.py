@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vaells.distributions import sample_laplace
 from vaells.figures import plotting
-from vaells.figures.callbacks import FIGURE_NAMES, LatentFigures, orbit_time_span, save_figures
+from vaells.training.figures import FIGURE_NAMES, LatentFigures, orbit_time_span, save_figures
 from vaells.transport import TransportOperator
 
 matplotlib.use("Agg")  # TensorBoard's add_figure goes through pyplot; never open a window

@@ -1,4 +1,4 @@
-"""``python -m vaells.report`` on a small fake multirun folder: the table it writes, and the side-by-side figure."""
+"""``python -m vaells.app.report`` on a small fake multirun folder: the table it writes, and the side-by-side figure."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from vaells.report import main
+from vaells.app.report import main
 
 JOBS = {
     "0": (["experiment=concentric_circles", "model=vaells"], {"mse": 0.07, "knn_accuracy": 1.0,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaells.models.base import nonfinite_tensors
+from vaells.models.module import nonfinite_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -72,6 +72,7 @@ def reference(tmp_path_factory) -> dict:
     return load(run / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_epoch_then_resume_is_exact(reference, tmp_path) -> None:
     # A batch in either epoch and either phase, never an epoch's first: a checkpoint written within the epoch.
     batch = random.choice([b for b in range(1, EPOCHS * BATCHES_PER_EPOCH) if b % BATCHES_PER_EPOCH])
@@ -92,6 +93,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(reference, tmp_path) -> None:
     assert_same_training_state(reference, resumed)
 
 
+@pytest.mark.e2e
 def test_sigterm_checkpoints_logs_exits_nonzero_and_resumes_exactly(reference, tmp_path) -> None:
     run = tmp_path / "run"
     log_file = run / "train.log"
@@ -116,6 +118,7 @@ def test_sigterm_checkpoints_logs_exits_nonzero_and_resumes_exactly(reference, t
     assert "resuming from" in log_file.read_text()  # the same run's log, continued
 
 
+@pytest.mark.e2e
 def test_resume_needs_only_the_run_and_refuses_changes(cli, tmp_path, monkeypatch) -> None:
     """Circles with M = 4 against the swiss-roll defaults (M = 1): the config comes from the checkpoint."""
     import train
@@ -149,8 +152,8 @@ def _nan_at(monkeypatch, batches) -> None:
     def forward_terms(self, batch, weights):
         out = original(self, batch, weights)
         if self.training and (batches is None or self.batch_counter in batches):
-            out["terms"] = {**out["terms"], "recon": out["terms"]["recon"] * float("nan")}
-            out["terms"]["loss"] = out["terms"]["loss"] + out["terms"]["recon"]
+            out.terms = {**out.terms, "recon": out.terms["recon"] * float("nan")}
+            out.terms["loss"] = out.terms["loss"] + out.terms["recon"]
         return out
 
     monkeypatch.setattr(VAELLSModule, "forward_terms", forward_terms)
@@ -223,7 +226,7 @@ def test_a_nan_gradient_skips_the_step_and_leaves_psi_alone(cli, tmp_path, monke
 
 def test_a_failing_figure_is_a_warning(cli, tmp_path, monkeypatch) -> None:
     import train
-    from vaells.figures.callbacks import LatentFigures
+    from vaells.training.figures import LatentFigures
 
     def broken(self, trainer, pl_module, dataloader=None):
         raise OSError(28, "No space left on device")
@@ -238,6 +241,7 @@ def test_a_failing_figure_is_a_warning(cli, tmp_path, monkeypatch) -> None:
     assert "LatentFigures: saving the figures" in text and (run / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.e2e
 def test_same_seed_same_metrics(cli, tmp_path) -> None:
     """metrics.json holds no timing fields (the fit's time is only in train.log): compared whole."""
     import train
@@ -254,7 +258,7 @@ def test_same_seed_same_metrics(cli, tmp_path) -> None:
 
 
 def test_a_checkpoint_with_a_nan_is_refused() -> None:
-    from vaells.models.base import ModelBase
+    from vaells.models.module import ModelBase
 
     model = ModelBase()
     with pytest.raises(FloatingPointError, match="non-finite values in"):
@@ -292,7 +296,7 @@ def test_sigkill_at_a_random_moment_of_a_longer_run_then_resume_is_exact(tmp_pat
 def test_a_baseline_skips_a_nan_loss(cli, tmp_path, monkeypatch) -> None:
     """Automatic optimization (the Gaussian VAE): a NaN loss skips backward and step (training_step returns None)."""
     import train
-    from vaells.models.base import VariationalModel
+    from vaells.models.variational import VariationalModel
 
     original = VariationalModel.loss_terms
 

@@ -16,7 +16,7 @@ from conftest import CONF_DIR, documented_metrics
 
 import evaluate
 import train
-from vaells.runs import UsageError, discard_failed_run, resolve_checkpoint, run_folder
+from vaells.app.runs import UsageError, discard_failed_run, resolve_checkpoint, run_folder
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -53,6 +53,7 @@ def test_the_full_config_stays_available(cli) -> None:
 
 
 # -- a short run, its folder and its evaluation --------------------------------------------------------------
+@pytest.mark.e2e
 def test_a_short_run_its_logs_and_its_evaluation_beside_it(tmp_path: Path, cli) -> None:
     group = tmp_path / "outputs" / "train" / "concentric_circles" / "vaells"
     run = group / "2026-01-01_00-00-00"

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from conftest import compose_train
 
-from vaells.builders import build_datamodule, build_model
+from vaells.app.builders import build_datamodule, build_model
 from vaells.models.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
 from vaells.objectives import LossWeights
 

@@ -9,12 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import CONF_DIR, ROOT
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
+
+# End-to-end: Hydra multiruns and the launchers.
+pytestmark = pytest.mark.e2e
 
 TABLE2 = [(2, 8), (4, 8), (8, 8), (4, 12), (4, 16)]  # (M, N_a), the paper's rows
 

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
+
+# End-to-end: the tutorial's commands, run as written.
+pytestmark = pytest.mark.e2e
 
 TUTORIAL = ROOT / "docs" / "tutorial.md"
 #: The tutorial's promise: start to finish in under 3 minutes on a CPU.

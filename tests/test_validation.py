@@ -1,4 +1,4 @@
-"""Settings that cannot run stop before any work (vaells/validation.py; README, "Runs, evaluation and logs"):
+"""Settings that cannot run stop before any work (vaells/app/validation.py; README, "Runs, evaluation and logs"):
 each failure names the field, its value and the fix in a line or two, without a traceback, before the data loads
 (or, for what needs the data, before training), and leaves no run folder or checkpoint behind. Every shipped
 config passes the same checks.
@@ -22,9 +22,9 @@ from conftest import CONF_DIR, ROOT, compose_train
 
 import evaluate
 import train
+from vaells.app.runs import UsageError
+from vaells.app.validation import check_train_config
 from vaells.data.base import AnchoredDataModule
-from vaells.runs import UsageError
-from vaells.validation import check_train_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -184,6 +184,7 @@ def test_evaluate_names_data_overrides_for_a_moved_data_file(tmp_path: Path, cli
     assert not (run / "evaluations").exists()
 
 
+@pytest.mark.e2e
 def test_a_bad_setting_stops_python_train_py_within_the_limit(tmp_path: Path) -> None:
     run = tmp_path / "run"
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """A trained run as a Python object: ``run = vaells.load("RUN/checkpoints/last.ckpt")``.
 
 The model is rebuilt from the run's own config, stored in its checkpoint, and needs no data on disk: the anchors
-and the input shape are in the checkpoint too (``vaells.builders.restore_model``). The data are read only when
+and the input shape are in the checkpoint too (``vaells.app.builders.restore_model``). The data are read only when
 asked for (``run.datamodule``, ``run.test_data``), e.g. to draw a latent plot over the test split.
 
 Every method takes and returns float32 tensors on the CPU, inputs of shape ``run.input_shape`` (one) or
@@ -22,11 +22,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
-from vaells.builders import build_datamodule, load_run, restore_model
+from vaells.app.builders import build_datamodule, load_run, restore_model
 from vaells.data.base import AnchoredDataModule
-from vaells.evaluation.images import coefficient_span, evaluating
+from vaells.evaluation.common import evaluating
 from vaells.evaluation.paths import linear_interpolation, transport_interpolation
-from vaells.models.base import ModelBase, has_operators
+from vaells.evaluation.rotation import coefficient_span
+from vaells.models.base import has_operators
+from vaells.models.module import ModelBase
 
 
 def load(ckpt_path: str | Path, *, data_overrides: dict[str, Any] | None = None) -> Run:
@@ -124,7 +126,7 @@ class Run:
         """The decoded path from the encoding mu of x (a single input) along one operator or along a given c.
 
         ``operator=m``: expm(t Psi_m) mu for t in linspace(*t_range, num_steps), t_range defaulting to [-S, S]
-        with S the operator's half-turn span at mu (``evaluation.images.coefficient_span``, as in Fig. 6).
+        with S the operator's half-turn span at mu (``evaluation.rotation.coefficient_span``, as in Fig. 6).
         ``coefficients=c`` (M,): expm(t A(c)) mu, t_range defaulting to [0, 1] (t > 1 goes on past T(c) mu).
         -> (num_steps, *input_shape).
         """

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from vaells.distributions import anchor_log_mean_exp, gaussian_log_prob
+from vaells.inference import InferenceResult
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,20 @@ def check_finite_loss(terms: dict[str, Tensor], step: int) -> None:
     if bad:
         raise FloatingPointError(f"non-finite loss term(s) {bad} at batch {step}: {format_terms(terms)}. To fix it, "
                                  f"{LOWER_LR_HINT}, or resume from the last checkpoint.")
+
+
+@dataclass
+class ForwardTerms:
+    """One training forward pass (``VAELLSModule.forward_terms``): the loss terms of eq. 9 and what the Psi rule
+    and the logs reuse. Shapes: x, x_hat (B, *input_shape); mu, z (B, d); c (B, M), the sampled coefficients;
+    anchors (B, N_a, d); post and prior, the MAP inferences mu -> z and anchors -> z."""
+
+    terms: dict[str, Tensor]
+    x: Tensor
+    x_hat: Tensor
+    mu: Tensor
+    z: Tensor
+    c: Tensor
+    anchors: Tensor
+    post: InferenceResult
+    prior: InferenceResult

@@ -113,7 +113,7 @@ def expm_frechet_apply(
     (Q, dM, d) tensor, row (i, m) holding row i of dX_m, so that every product is one batched GEMM:
     dX A is (Q, dM, d) @ (Q, d, d), X Psi is (Qd, d) @ (d, Md), and dX z0 is already the Jacobian.
     (Integrating expm(A) z0 with Taylor steps on vectors needs fewer flops per step but a number of
-    steps linear in ||A|| instead of logarithmic; measured 2-10x slower on the benchmark problems.)
+    steps linear in ||A|| instead of logarithmic.)
     """
     q, d, _ = a.shape
     m = psi.shape[0]
@@ -430,34 +430,3 @@ class TransportOperator(nn.Module):
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, num_operators={self.num_operators}, dtype={self.psi.dtype}"
-
-
-#: Readings of an operator's spectrum (``operator_reading``).
-ROTATION, SPIRAL, DILATION, MIXED = "rotation", "spiral", "dilation", "mixed"
-
-
-def operator_reading(psi_m: Tensor, max_turn_growth: float = 0.25, ratio: float = 3.0) -> tuple[str, Tensor]:
-    """What a generator Psi_m (d, d) does, read from its eigenvalues a +- i w.
-
-    An eigenvalue pair turns its plane by w per unit of c and scales it by e^a, so over one full turn the
-    orbit's radius changes by the factor e^(2 pi |a| / |w|). The pair reads "rotation" when that log-growth
-    per turn is at most ``max_turn_growth`` (orbits close, as the circles' and a rotated digit's should),
-    "dilation" when |a| >= ratio |w| (growth or decay with little turning), and "spiral" in between (the swiss
-    roll's operator, -0.0026 +- 0.0267i, grows by e^0.61 per turn). The operator's reading is that of its
-    dominant eigenvalue (largest modulus), or "mixed" when another eigenvalue of at least half that modulus
-    reads differently. Returns the reading and the eigenvalues (complex, by decreasing modulus).
-    """
-    lam = torch.linalg.eigvals(psi_m.detach().to("cpu", torch.float64))
-    lam = lam[lam.abs().argsort(descending=True)]
-
-    def read(v: Tensor) -> str:
-        a, w = abs(float(v.real)), abs(float(v.imag))
-        if a >= ratio * w:
-            return DILATION
-        return ROTATION if 2 * math.pi * a <= max_turn_growth * w else SPIRAL
-
-    top = float(lam[0].abs()) if lam.numel() else 0.0
-    if top == 0.0:
-        return MIXED, lam
-    readings = {read(v) for v in lam if float(v.abs()) >= 0.5 * top}
-    return (readings.pop() if len(readings) == 1 else MIXED), lam

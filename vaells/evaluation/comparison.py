@@ -27,15 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from vaells.data.mnist import rotate
-from vaells.evaluation.images import (
-    decode_chunked,
-    decoded_posterior_samples,
-    encode_chunked,
-    evaluating,
-    match_spread,
-    sample_variation,
-    seeded_pick,
-)
+from vaells.evaluation.common import decode_chunked, encode_chunked, evaluating, seeded_pick
+from vaells.evaluation.preservation import decoded_posterior_samples, match_spread, sample_variation
 
 #: The rotation grid of ``rotation_share``, degrees: every 0.5 degrees within +-20, every 2 degrees beyond, over a
 #: whole turn. Fine where samples at matched variation mostly turn: for a rotating oracle on 32x32 digits, turned

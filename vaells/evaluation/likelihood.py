@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Subset
 
 from vaells.data.base import AnchoredDataModule
 from vaells.distributions import log_mean_exp
+from vaells.evaluation.progress import track
 from vaells.models.base import LatentModel
-from vaells.progress import track
 
 #: Samples (points x K) per call of ``log_weights``: bounds the memory of a chunk (decoded images, solver pairs).
 SAMPLES_PER_CHUNK = 1000

@@ -22,15 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from vaells.data.mnist import rotate
+from vaells.evaluation.common import decode_chunked, encode_chunked, evaluating, pearson, seeded_pick
 from vaells.evaluation.comparison import nearest_distance
-from vaells.evaluation.images import (
-    coefficient_span,
-    decode_chunked,
-    encode_chunked,
-    evaluating,
-    pearson,
-    seeded_pick,
-)
+from vaells.evaluation.rotation import coefficient_span
 from vaells.inference import CoefficientSolver
 from vaells.models.base import has_operators
 
@@ -47,8 +41,7 @@ def path_solver(model: nn.Module, mu: Tensor) -> CoefficientSolver:
 
     Why wide restarts: two inputs of a class can be half a turn apart, and with |w| ~ 0.03-0.08 for the learned
     operators that is |c| of 40-110, where a solver started at |c| <= 2.5 (the prior's restarts) stops at the nearer
-    local minimum of a periodic energy (measured on rotated MNIST: a mean interior correlation of 0.55 from the
-    prior's restarts against 0.78 with these).
+    local minimum of a periodic energy.
     """
     psi = model.transport.psi
     span = max(coefficient_span(psi[m], mu) for m in range(psi.shape[0]))

@@ -1,8 +1,9 @@
 """Test-split metrics of a trained model (what ``evaluate.py`` and ``train.py`` report), through the model
-interface (``vaells.models.base.LatentModel``) only. Figures are drawn separately (``vaells.figures.callbacks``)."""
+interface (``vaells.models.base.LatentModel``) only. Figures are drawn separately (``vaells.training.figures``)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -10,37 +11,27 @@ import torch
 from torch import nn
 
 from vaells.data.base import AnchoredDataModule
+from vaells.data.mnist import MNISTDataModule, RotatedMNISTDataModule
+from vaells.evaluation.classifier import cached_classifier, predict
+from vaells.evaluation.common import dataset_tensors, seeded_pick
 from vaells.evaluation.comparison import comparative_metrics
-from vaells.evaluation.images import mnist_metrics
 from vaells.evaluation.latent import continuity, knn_accuracy, trustworthiness
 from vaells.evaluation.likelihood import split_log_likelihood
+from vaells.evaluation.operators import operator_metrics
 from vaells.evaluation.paths import path_metrics
+from vaells.evaluation.preservation import class_preservation, class_preservation_ceiling, class_preservation_matched
+from vaells.evaluation.progress import stage, track
+from vaells.evaluation.rotation import rotation_flow_fit, rotation_metrics
 from vaells.models.base import has_operators
-from vaells.progress import stage, track
-from vaells.transport import TransportOperator, operator_reading
 
 #: Where the image metrics' digit classifier is cached between evaluations (git-ignored data/ of the checkout).
 CLASSIFIER_CACHE = Path(__file__).resolve().parents[2] / "data" / "classifiers"
 
 
-def operator_metrics(transport: TransportOperator) -> dict[str, list]:
-    """What each operator learned: ``operator_norm`` (Frobenius), ``operator_drift`` (relative distance from
-    its random start; NaN for checkpoints that predate the stored start), ``operator_reading`` (rotation,
-    spiral, dilation or mixed: ``transport.operator_reading``) and ``operator_eigenvalues`` ([re, im] pairs
-    by decreasing modulus), one entry per operator."""
-    readings = [operator_reading(p) for p in transport.psi]
-    return {
-        "operator_norm": [float(v) for v in transport.norms()],
-        "operator_drift": [float(v) for v in transport.drift()],
-        "operator_reading": [r for r, _ in readings],
-        "operator_eigenvalues": [[[float(v.real), float(v.imag)] for v in lam] for _, lam in readings],
-    }
-
-
 def training_record(callback_states: dict[str, dict]) -> dict[str, list]:
     """What training decided that the weights do not show, from the callbacks' saved states (a checkpoint's
     ``callbacks``): ``warmup_flow_orders``, the encoder's ``rotation_flow_order`` at each warm-up's end, one
-    entry per warm-up trained (``vaells.evaluation.monitors.WarmupFlowCheck``; empty dict if it did not run)."""
+    entry per warm-up trained (``vaells.training.monitors.WarmupFlowCheck``; empty dict if it did not run)."""
     out = {}
     for key, state in callback_states.items():
         if "WarmupFlowCheck" in key and state.get("scores"):
@@ -73,7 +64,7 @@ def evaluate_model(
     """mse (per dimension, from a posterior sample), elbo (the negative training objective without regularisers
     of parameters; for VAELLS the release's "ELBO" metric), and the latent-structure metrics the data allows:
     knn_accuracy (k = 5, labelled data), trustworthiness and continuity (k = 10, against true coordinates);
-    the image metrics of ``vaells.evaluation.images``; the comparative metrics of
+    the image metrics of ``vaells.evaluation.rotation``; the comparative metrics of
     ``vaells.evaluation.comparison`` (the prior's fit to the manifold, the rotation share at matched
     variation); for models with transport operators what they learned (``operator_metrics``); and the
     importance-sampled log-likelihood of ``ll_points`` test points drawn with ``ll_seed``, at K = ``ll_samples``
@@ -113,7 +104,7 @@ def evaluate_model(
 
 
 def write_metrics(metrics: dict, directory: Path) -> Path:
-    """``metrics`` as ``<directory>/metrics.json`` (what ``python -m vaells.report`` reads); returns the path."""
+    """``metrics`` as ``<directory>/metrics.json`` (what ``python -m vaells.app.report`` reads); returns the path."""
     path = Path(directory) / "metrics.json"
     path.write_text(json.dumps(metrics, indent=2))
     return path
@@ -133,3 +124,67 @@ def _short(value) -> str:
         items = [_short(v) for v in value[:4]]
         return "[" + ", ".join(items) + (", ...]" if len(value) > 4 else "]")
     return str(value)
+
+
+def mnist_metrics(
+    model: nn.Module,
+    dm: object,
+    *,
+    num_digits: int | None = None,
+    seed: int = 0,
+    classifier_steps: int = 1500,
+    num_samples: int = 10,
+    cache_dir: str | Path | None = None,
+    matched_variation: float = 0.01,
+) -> dict[str, float]:
+    """The image metrics for ``dm``'s test split; {} for any other DataModule.
+
+    RotatedMNISTDataModule: ``rotation_flow_fit`` on ``num_digits`` (default 100) upright test digits for every
+    model, and ``rotation_metrics`` on the same digits for models with transport operators.
+    MNISTDataModule: ``classifier_accuracy`` on the whole test split, ``class_preservation`` and
+    ``class_preservation_ceiling`` on ``num_digits`` (default 1000) test digits, with a classifier trained on
+    the train split for ``classifier_steps`` batches (cached in ``cache_dir`` when given); then
+    ``class_preservation_matched`` at ``matched_variation`` (with ``matched_spread`` and the variation
+    reached), and for models with transport operators the same three with the operators reset to their random
+    start (``*_init_psi``).
+    Test digits are a seeded draw.
+    """
+    if not isinstance(dm, MNISTDataModule | RotatedMNISTDataModule):
+        return {}
+    dm.setup("test")
+    if isinstance(dm, RotatedMNISTDataModule):
+        pick = seeded_pick(len(dm.test_set), num_digits or 100, seed)
+        digits = torch.stack([dm.test_set[int(i)]["digit"] for i in pick])  # upright, padded: (N, 1, 32, 32)
+        with stage(f"rotation_flow_fit: the encoder's rotation loop ({len(pick)} upright test digits)"):
+            out = rotation_flow_fit(model, digits, seed=seed)
+        if has_operators(model):
+            with stage(f"rotation metrics ({len(pick)} upright test digits)"):
+                out |= rotation_metrics(model, digits, seed=seed)
+        return out
+    x_train, y_train = dataset_tensors(dm.train_set)
+    x_test, y_test = dataset_tensors(dm.test_set)
+    with stage(f"digit classifier ({classifier_steps} batches, or from its cache) and classifier_accuracy"):
+        clf = cached_classifier(x_train, y_train, steps=classifier_steps, seed=seed, cache_dir=cache_dir)
+        accuracy = float((predict(clf, x_test) == y_test).float().mean())
+    pick = seeded_pick(x_test.shape[0], num_digits or 1000, seed)
+    x_pick, y_pick = x_test[pick], y_test[pick]
+    with stage(f"class_preservation and its ceiling ({len(pick)} test digits)"):
+        preservation = class_preservation(model, clf, x_pick, y_pick, num_samples=num_samples, seed=seed)
+        ceiling = class_preservation_ceiling(model, clf, x_pick, y_pick)
+    out = {"classifier_accuracy": accuracy, "class_preservation": preservation,
+           "class_preservation_ceiling": ceiling}
+    with stage("class_preservation_matched (searching the spread)"):
+        out |= class_preservation_matched(model, clf, x_pick, y_pick, target=matched_variation,
+                                          num_samples=num_samples, seed=seed)
+    if not has_operators(model):
+        return out
+    # The same model with every operator reset to its random start: what the learned operators add.
+    init_model = copy.deepcopy(model)
+    with torch.no_grad():
+        init_model.transport.psi.copy_(init_model.transport.psi_init)
+    if bool(torch.isfinite(init_model.transport.psi).all()):
+        with stage("class_preservation_matched with Psi at its random start (*_init_psi)"):
+            init = class_preservation_matched(init_model, clf, x_pick, y_pick, target=matched_variation,
+                                              num_samples=num_samples, seed=seed)
+        out |= {f"{k}_init_psi": v for k, v in init.items()}
+    return out

@@ -19,14 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
-from vaells.evaluation.images import (
-    coefficient_span,
-    decode_chunked,
-    decoded_posterior_samples,
-    encode_chunked,
-    evaluating,
-    operator_path_frames,
-)
+from vaells.evaluation.common import decode_chunked, encode_chunked, evaluating
+from vaells.evaluation.preservation import decoded_posterior_samples
+from vaells.evaluation.rotation import coefficient_span, operator_path_frames
 
 #: The PNG names of ``build_image_figures`` (``operator_paths`` only when M > 1).
 IMAGE_FIGURE_NAMES = ("posterior_ring", "extrapolated_paths", "operator_paths")
@@ -279,7 +274,7 @@ def build_image_figures(
 def save_matched_ring(model: nn.Module, dm: object, metrics: dict, directory: str | Path, *, num_digits: int = 6,
                       seed: int = 0) -> Path | None:
     """``matched_posterior_ring`` of ``num_digits`` seeded test digits at the metrics' ``matched_spread``, as
-    ``<directory>/matched_ring.png`` (what ``python -m vaells.report`` sets side by side); None when the
+    ``<directory>/matched_ring.png`` (what ``python -m vaells.app.report`` sets side by side); None when the
     metrics have no matched spread (data without images)."""
     spread = metrics.get("matched_spread")
     if spread is None or not math.isfinite(spread):

@@ -4,23 +4,34 @@ VAELLS's q(z|x) (eq. 5-7) and p(z) (eq. 8) integrate over coefficients c that ha
 authors' release, each density is taken at its MAP coefficients c_hat with every normalising constant, through
 ``TransportPosterior.log_prob`` and ``AnchorPrior.log_prob``. Split in two steps, the draws
 (``importance_samples``) and the terms at given draws (``importance_terms``), so that a benchmark or a test can
-hand identical samples and solver starts to another solver (``vaells.reference``).
+hand identical samples and solver starts to another solver (``vaells.reference``). Both take what they need as
+``LatentDensities``, the pieces that define q and p, not the LightningModule that holds them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from vaells.distributions import AnchorPrior, TransportPosterior
-from vaells.inference import infer_jointly, restart_inits
-from vaells.objectives import reconstruction_log_likelihood
+from vaells.inference import CoefficientSolver, infer_jointly, restart_inits
+from vaells.transport import TransportOperator
 
-if TYPE_CHECKING:
-    from vaells.models.vaells import VAELLSModule
+
+@dataclass(frozen=True)
+class LatentDensities:
+    """What VAELLS's q(z | x) (eq. 5-7) and p(z) (eq. 8) are built from: the operators, the two MAP solvers, the
+    Laplace scale b, the noise sigma_eps, the latent scale s and whether the prior keeps only the closest anchor."""
+
+    transport: TransportOperator
+    posterior_solver: CoefficientSolver
+    prior_solver: CoefficientSolver
+    coeff_scale: float
+    noise_std: float
+    latent_scale: float
+    closest_anchor: bool
 
 
 @dataclass
@@ -37,52 +48,46 @@ class ImportanceSamples:
 
 
 @torch.no_grad()
-def importance_samples(
-    model: VAELLSModule, x: Tensor, num_samples: int, *, labels: Tensor | None = None, anchors: Tensor | None = None
-) -> ImportanceSamples:
-    """K = ``num_samples`` posterior samples z_k = T(c_k) mu + eps_k of each x (c_k ~ Laplace(0, b),
-    eps_k ~ N(0, sigma_eps^2 I); eq. 5-6), and the starts of both inferences.  x (B, *input_shape)."""
-    if anchors is None and labels is None:
-        raise ValueError("VAELLS's prior is class-conditional (eq. 8): log_weights needs the points' labels, or "
-                         "their own anchors (per-sample anchors, rotated MNIST)")
-    batch = {"x": x} | ({"anchors": anchors} if anchors is not None else {"label": labels})
-    mu, a = model.encode(x), model.batch_anchors(batch)  # (B, d), (B, N_a, d)
-    b, k, m = mu.shape[0], num_samples, model.transport.num_operators
-    q = TransportPosterior(mu.unsqueeze(1).expand(b, k, -1), model.transport, model.coeff_scale, model.noise_std)
+def importance_samples(densities: LatentDensities, mu: Tensor, anchors: Tensor, num_samples: int) -> ImportanceSamples:
+    """K = ``num_samples`` posterior samples z_k = T(c_k) mu + eps_k of each encoding mu (B, d)
+    (c_k ~ Laplace(0, b), eps_k ~ N(0, sigma_eps^2 I); eq. 5-6), and the starts of both inferences; ``anchors``
+    (B, N_a, d) are each point's encoded anchors."""
+    b, k, m = mu.shape[0], num_samples, densities.transport.num_operators
+    q = TransportPosterior(mu.unsqueeze(1).expand(b, k, -1), densities.transport, densities.coeff_scale,
+                           densities.noise_std)
     z, c = q.rsample_with_coefficients()  # (B, K, d), (B, K, M)
     like = {"dtype": c.dtype, "device": c.device}
     # The sampled c is the best start for c_hat(mu -> z) (z - T(c) mu is just the noise), beside the posterior
     # solver's own random start (the release's only one); the prior solver starts from its restarts, per anchor.
-    post_init = torch.cat([c.unsqueeze(-2), restart_inits((b, k), m, model.posterior_solver.restarts, **like)], -2)
-    prior_init = restart_inits((b, k, a.shape[1]), m, model.prior_solver.restarts, **like)
-    return ImportanceSamples(mu=mu, anchors=a, z=z, post_init=post_init, prior_init=prior_init)
+    post_init = torch.cat([c.unsqueeze(-2), restart_inits((b, k), m, densities.posterior_solver.restarts, **like)],
+                          -2)
+    prior_init = restart_inits((b, k, anchors.shape[1]), m, densities.prior_solver.restarts, **like)
+    return ImportanceSamples(mu=mu, anchors=anchors, z=z, post_init=post_init, prior_init=prior_init)
 
 
 @torch.no_grad()
-def importance_terms(model: VAELLSModule, x: Tensor, samples: ImportanceSamples) -> dict[str, Tensor]:
-    """The three terms of each log-weight at the given draws, each (B, K) float64:
+def importance_terms(densities: LatentDensities, samples: ImportanceSamples) -> dict[str, Tensor]:
+    """The two latent terms of each log-weight at the given draws, each (B, K) float64:
 
-    - ``log_lik``: log p(x | z_k) = log N(x; g(s z_k), I / recon), the decoder likelihood every model shares;
     - ``log_posterior``: log q(z_k | x) at c_hat_k = c_hat(mu -> z_k), the posterior solver's MAP;
     - ``log_prior``: log p(z_k) of x's class, (1/N_a) sum_i of the same Gaussian + Laplace form at
       c_hat_ki = c_hat(a_i -> z_k), the prior solver's MAP, with the posterior's b (the closest anchor alone
       with ``closest_anchor``).
 
     Both Gaussian terms score the residual in the encoder's units, s (z - T(c_hat) .) (docs/method.md §3). Both
-    inferences are one batched program over every (point, sample, anchor, start).
+    inferences are one batched program over every (point, sample, anchor, start). The decoder's term,
+    log p(x | z_k), is the model's (``VAELLSModule.importance_terms``).
     """
     mu, a, z = samples.mu, samples.anchors, samples.z
     b, k, d = z.shape
     mu_k = mu.unsqueeze(1).expand(b, k, d)  # (B, K, d)
     a_k = a.unsqueeze(1).expand(b, k, *a.shape[1:])  # (B, K, N_a, d)
-    post, prior_result = infer_jointly(model.transport.psi, [
-        (model.posterior_solver, mu_k, z, samples.post_init),
-        (model.prior_solver, a_k, z.unsqueeze(-2), samples.prior_init),
+    post, prior_result = infer_jointly(densities.transport.psi, [
+        (densities.posterior_solver, mu_k, z, samples.post_init),
+        (densities.prior_solver, a_k, z.unsqueeze(-2), samples.prior_init),
     ])
-    scales = {"coeff_scale": model.coeff_scale, "noise_std": model.noise_std, "latent_scale": model.latent_scale}
-    q = TransportPosterior(mu_k, model.transport, **scales)
-    p = AnchorPrior(a_k, model.transport, closest_anchor=model.closest_anchor, **scales)
-    x_rep = x.unsqueeze(1).expand(b, k, *x.shape[1:]).flatten(0, 1)  # (B * K, *input_shape)
-    log_lik = reconstruction_log_likelihood(x_rep, model.decode(z.flatten(0, 1)), model.weights.recon)
-    return {"log_lik": log_lik.view(b, k).double(), "log_prior": p.log_prob(z, prior_result).double(),
-            "log_posterior": q.log_prob(z, post.c).double()}
+    scales = {"coeff_scale": densities.coeff_scale, "noise_std": densities.noise_std,
+              "latent_scale": densities.latent_scale}
+    q = TransportPosterior(mu_k, densities.transport, **scales)
+    p = AnchorPrior(a_k, densities.transport, closest_anchor=densities.closest_anchor, **scales)
+    return {"log_prior": p.log_prob(z, prior_result).double(), "log_posterior": q.log_prob(z, post.c).double()}

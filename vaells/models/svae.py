@@ -17,13 +17,13 @@ from power_spherical import HypersphericalUniform, PowerSpherical
 from torch import Tensor
 from torch.distributions import Distribution
 
-from vaells.models.base import VariationalModel
+from vaells.models.variational import VariationalModel
 
 
 class SphericalPowerSpherical(PowerSpherical):
     """``PowerSpherical`` whose samples lie on the sphere to rounding. The package divides by norms plus 1e-7
-    (its S^(d-2) sample and its Householder axis), which leaves samples off the sphere by up to 1e-3 for d = 2
-    (measured: half of them by more than 1e-6 at kappa = 1); the samples are normalised once more here. The
+    (its S^(d-2) sample and its Householder axis), which leaves samples off the sphere by up to 1e-3 for d = 2;
+    the samples are normalised once more here. The
     density, the sampler's law and the registered KL to ``HypersphericalUniform`` are the package's."""
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:

@@ -1,5 +1,5 @@
 """The Gaussian VAE (Kingma and Welling 2013; the paper's Fig. 2b, 4b): q(z|x) = N(mu(x), diag sigma(x)^2), p(z) =
-N(0, I), trained as ``vaells.models.base.VariationalModel``."""
+N(0, I), trained as ``vaells.models.variational.VariationalModel``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-from vaells.models.base import VariationalModel
+from vaells.models.variational import VariationalModel
 
 #: The smallest log sigma^2 of a Gaussian posterior (``GaussianVAE._moments``).
 LOG_VAR_MIN = -30.0
@@ -24,9 +24,7 @@ class GaussianVAE(VariationalModel):
         init_log_var: the initial bias of the log-variance outputs (the widened head: the encoder's last Linear),
             so that training starts from a nearly deterministic posterior, as VAELLS's does (sigma_eps of 1e-3 or
             less). At PyTorch's default bias, sigma starts near 1 against encodings of a few tenths, and the MNIST
-            decoder first settles on the mean image; measured with Adam's default betas on natural MNIST, the
-            VampPrior stayed there for 400 batches at the default bias and left it after ~250 at -8 (sigma =
-            0.018). None: PyTorch's default.
+            decoder first settles on the mean image. None: PyTorch's default.
         Others: see ``VariationalModel``.
     """
 

@@ -16,10 +16,16 @@ from torch import Tensor, nn
 
 from vaells.distributions import AnchorPrior, TransportPosterior
 from vaells.inference import CoefficientSolver, InferenceResult, infer_jointly, restart_inits
-from vaells.models.base import ModelBase
-from vaells.models.importance import importance_samples, importance_terms
+from vaells.models.importance import ImportanceSamples, LatentDensities, importance_samples, importance_terms
+from vaells.models.module import ModelBase
 from vaells.models.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
-from vaells.objectives import LossWeights, reconstruction_error, vaells_loss
+from vaells.objectives import (
+    ForwardTerms,
+    LossWeights,
+    reconstruction_error,
+    reconstruction_log_likelihood,
+    vaells_loss,
+)
 from vaells.transport import TransportOperator
 
 PHASE_CODES = {WARMUP: 0, NET: 1, PSI: 2, JOINT: 3}
@@ -197,19 +203,47 @@ class VAELLSModule(ModelBase):
         taken at their MAP coefficients (eq. 7-8): log p(x | z_k) + log p(z_k) - log q(z_k | x), z_k ~ q(z | x).
         The prior is class-conditional: ``labels`` (B,) pick each point's class anchors, or ``anchors``
         (B, N_a, *input_shape) are its own (rotated MNIST).  -> (B, S), float64."""
-        samples = importance_samples(self, x, num_samples, labels=labels, anchors=anchors)
-        terms = importance_terms(self, x, samples)
+        samples = self.importance_samples(x, num_samples, labels=labels, anchors=anchors)
+        terms = self.importance_terms(x, samples)
         return terms["log_lik"] + terms["log_prior"] - terms["log_posterior"]
+
+    @property
+    def densities(self) -> LatentDensities:
+        """The pieces that define q(z | x) and p(z) (``vaells.models.importance``)."""
+        return LatentDensities(self.transport, self.posterior_solver, self.prior_solver, self.coeff_scale,
+                               self.noise_std, self.latent_scale, self.closest_anchor)
+
+    @torch.no_grad()
+    def importance_samples(
+        self, x: Tensor, num_samples: int, *, labels: Tensor | None = None, anchors: Tensor | None = None
+    ) -> ImportanceSamples:
+        """The draws of ``log_weights`` for x (B, *input_shape): K posterior samples of each point and the starts of
+        both inferences (``vaells.models.importance.importance_samples``)."""
+        if anchors is None and labels is None:
+            raise ValueError("VAELLS's prior is class-conditional (eq. 8): log_weights needs the points' labels, or "
+                             "their own anchors (per-sample anchors, rotated MNIST)")
+        batch = {"x": x} | ({"anchors": anchors} if anchors is not None else {"label": labels})
+        return importance_samples(self.densities, self.encode(x), self.batch_anchors(batch), num_samples)
+
+    @torch.no_grad()
+    def importance_terms(self, x: Tensor, samples: ImportanceSamples) -> dict[str, Tensor]:
+        """The three terms of each log-weight at the given draws, each (B, K) float64: ``log_lik``,
+        log p(x | z_k) = log N(x; g(s z_k), I / recon), the decoder likelihood every model shares, and the latent
+        terms ``log_posterior`` and ``log_prior`` (``vaells.models.importance.importance_terms``)."""
+        b, k = samples.z.shape[:2]
+        x_rep = x.unsqueeze(1).expand(b, k, *x.shape[1:]).flatten(0, 1)  # (B * K, *input_shape)
+        log_lik = reconstruction_log_likelihood(x_rep, self.decode(samples.z.flatten(0, 1)), self.weights.recon)
+        return {"log_lik": log_lik.view(b, k).double()} | importance_terms(self.densities, samples)
 
     @torch.no_grad()
     def batch_scores(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``mse`` of a posterior sample's reconstruction, and ``elbo`` = -(loss of eq. 9 - dictionary term), the
         release's "ELBO" metric."""
         out = self.forward_terms(batch, self.weights)
-        terms = out["terms"]
-        return {"mse": (out["x_hat"] - batch["x"]).pow(2).mean(), "elbo": -(terms["loss"] - terms["dictionary"])}
+        terms = out.terms
+        return {"mse": (out.x_hat - batch["x"]).pow(2).mean(), "elbo": -(terms["loss"] - terms["dictionary"])}
 
-    def forward_terms(self, batch: dict[str, Tensor], weights: LossWeights) -> dict[str, Any]:
+    def forward_terms(self, batch: dict[str, Tensor], weights: LossWeights) -> ForwardTerms:
         """One posterior sample, both inferences and the loss terms (eq. 9), plus what the Psi rule reuses."""
         x = batch["x"]
         mu = self.encode(x)
@@ -229,19 +263,19 @@ class VAELLSModule(ModelBase):
         x_hat = self.decode(z)
         terms = vaells_loss(posterior.residual(z, post.c), post.c, prior_residual, prior_c, self.transport.psi,
                             weights, x, x_hat)
-        return {"terms": terms, "x": x, "x_hat": x_hat, "mu": mu, "z": z, "c": c, "anchors": anchors, "post": post,
-                "prior": prior_result}
+        return ForwardTerms(terms=terms, x=x, x_hat=x_hat, mu=mu, z=z, c=c, anchors=anchors, post=post,
+                            prior=prior_result)
 
     @torch.no_grad()
-    def _operator_loss(self, out: dict[str, Any], eps: Tensor, weights: LossWeights) -> Tensor:
+    def _operator_loss(self, out: ForwardTerms, eps: Tensor, weights: LossWeights) -> Tensor:
         """The Psi-dependent part of the loss at the current Psi, with the same c, noise eps and c_hat."""
-        mu, anchors, c = out["mu"].detach(), out["anchors"].detach(), out["c"]
+        mu, anchors, c = out.mu.detach(), out.anchors.detach(), out.c
         z = self.transport.transport(mu, c) + eps
-        post_residual = z - self.transport.transport(mu, out["post"].c)
+        post_residual = z - self.transport.transport(mu, out.post.c)
         prior = AnchorPrior(anchors, self.transport, self.coeff_scale, self.noise_std, self.prior_solver,
                             self.closest_anchor)
-        prior_residual, prior_c = prior.components(z, out["prior"])
-        return vaells_loss(post_residual, out["post"].c, prior_residual, prior_c, self.transport.psi, weights)["loss"]
+        prior_residual, prior_c = prior.components(z, out.prior)
+        return vaells_loss(post_residual, out.post.c, prior_residual, prior_c, self.transport.psi, weights)["loss"]
 
     # -- optimization --------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -275,7 +309,7 @@ class VAELLSModule(ModelBase):
         else:
             weights = self.schedule.weights(self.weights, phase)
             out = self.forward_terms(batch, weights)
-            terms = out["terms"]
+            terms = out.terms
             loss = terms["loss"]
         if not self._skip_nonfinite(terms, loss):
             self.consecutive_skips = 0
@@ -327,14 +361,14 @@ class VAELLSModule(ModelBase):
         z = TransportPosterior(self.encode(x), self.transport, self.warmup_coeff_scale, 0.0).rsample()
         return self.weights.recon * reconstruction_error(x, self.decode(z)).mean()
 
-    def _step_operators(self, opt_psi, out: dict, weights: LossWeights, terms: dict, step: int) -> None:
+    def _step_operators(self, opt_psi, out: ForwardTerms, weights: LossWeights, terms: dict, step: int) -> None:
         if self.psi_rule is None:
             opt_psi.step()
             return
         # The release's rule: take the step, re-evaluate the operator loss with the same c_hat, undo it if
         # the loss went up. Only Psi is judged; the anchors' small step is always kept.
         # The sample's noise, z - T(c) mu, taken before Psi moves, so the new Psi is judged on the same z noise.
-        eps = (out["z"] - self.transport.transport(out["mu"], out["c"])).detach()
+        eps = (out.z - self.transport.transport(out.mu, out.c)).detach()
         old_psi = self.transport.psi.detach().clone()
         # Under DDP both losses are averaged over the ranks' batches, and the decision is made the same on every
         # rank, so Psi stays identical everywhere (the gradients already are: DDP averages them).
@@ -358,9 +392,9 @@ class VAELLSModule(ModelBase):
             return value
         return self.trainer.strategy.reduce(value, reduce_op="mean")
 
-    def _log_terms(self, stage: str, terms: dict[str, Tensor], out: dict[str, Any]) -> None:
-        prior: InferenceResult = out["prior"]
-        batch_size = out["mu"].shape[0]
+    def _log_terms(self, stage: str, terms: dict[str, Tensor], out: ForwardTerms) -> None:
+        prior: InferenceResult = out.prior
+        batch_size = out.mu.shape[0]
         # Under DDP every rank validates the whole validation split (use_distributed_sampler: false): the epoch
         # means agree across ranks, and syncing them only says so (and keeps Lightning from warning each epoch).
         sync = stage == "val"
@@ -368,7 +402,7 @@ class VAELLSModule(ModelBase):
         if stage == "train" and not self._logging_step():
             return  # the rest would cost ~10 ms a step in Lightning's logging, and the logger would drop it anyway
         metrics = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
-        metrics[f"{stage}/mse"] = (out["x_hat"] - out["x"]).pow(2).mean().detach()  # per dimension
+        metrics[f"{stage}/mse"] = (out.x_hat - out.x).pow(2).mean().detach()  # per dimension
         self.log_dict(metrics, prog_bar=False, batch_size=batch_size, sync_dist=sync)
         if stage == "train":
             psi_lr = self.psi_rule.lr if self.psi_rule is not None else self.optimizers()[1].param_groups[0]["lr"]
@@ -377,7 +411,7 @@ class VAELLSModule(ModelBase):
                 "train/psi_frobenius": self.transport.frobenius().detach(),
                 "train/prior_c_zero_frac": (prior.c == 0).float().mean(),
                 "train/prior_c_abs_mean": prior.c.abs().mean(),
-                "train/post_c_abs_mean": out["post"].c.abs().mean(),
+                "train/post_c_abs_mean": out.post.c.abs().mean(),
                 "train/prior_solver_iters": prior.num_iters.float().mean(),
             }
             for m, (norm, drift) in enumerate(zip(self.transport.norms(), self.transport.drift(), strict=True)):
@@ -386,7 +420,7 @@ class VAELLSModule(ModelBase):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self.forward_terms(batch, self.weights)
-        self._log_terms("val", out["terms"], out)
+        self._log_terms("val", out.terms, out)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

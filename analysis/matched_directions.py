@@ -1,15 +1,18 @@
-"""Whose directions keep the class: a model's own posterior samples against isotropic latent noise, at matched
-variation, on natural MNIST. One table, one JSON line.
+"""Question: do a model's own posterior directions keep the class better than isotropic noise? Answer: printed table.
+
+    python analysis/matched_directions.py RUN/checkpoints/last.ckpt [CKPT ...] --root /path/to/mnist_root
+
+Whose directions keep the class: a model's own posterior samples against isotropic latent noise, at matched
+variation, on natural MNIST. Prints one table (a row per checkpoint), then one JSON line.
 
 ``class_preservation_matched`` compares models at equal visible change, but two things differ between models: the
 autoencoder (how far its latent space is from a class boundary) and the directions its posterior samples take
-(VAELLS: along the learned operators; a Gaussian VAE: along its diagonal sigma). This benchmark separates them: for
+(VAELLS: along the learned operators; a Gaussian VAE: along its diagonal sigma). This script separates them: for
 each trained run it scores its own posterior samples and, on the same encoder and decoder, z = mu + s * eps with
 eps ~ N(0, I) isotropic, each at the spread whose decoded samples change the digit by ``--variation`` (the
 evaluation's matched variation). If a model's own samples keep the class more often than isotropic noise does on
-its own autoencoder, its posterior's directions are the better ones.
-
-    python benchmarks/matched_directions.py RUN/checkpoints/last.ckpt [CKPT ...] --root /path/to/mnist_root
+its own autoencoder, its posterior's directions are the better ones. This is an investigation, not a
+benchmark: results from it are recorded in docs/notes/analysis-history.md and the README, never here.
 """
 
 from __future__ import annotations
@@ -22,12 +25,9 @@ import torch
 from torch import Tensor, nn
 
 import vaells
-from vaells.evaluation.images import (
-    cached_classifier,
-    class_preservation_matched,
-    dataset_tensors,
-    seeded_pick,
-)
+from vaells.evaluation.classifier import cached_classifier
+from vaells.evaluation.common import dataset_tensors, seeded_pick
+from vaells.evaluation.preservation import class_preservation_matched
 from vaells.evaluation.summary import CLASSIFIER_CACHE
 
 

@@ -6,11 +6,11 @@ none, and get nothing from it):
 - ``val/psi_norm_m`` and ``val/psi_drift_m``: each operator's Frobenius norm and its relative distance from
   its random start (``TransportOperator.drift``), so a run whose operators never leave their
   initialisation shows it at once;
-- with rotated digits, ``val/rotation_order`` and ``val/rotation_match`` (``evaluation.images.rotation_metrics``)
+- with rotated digits, ``val/rotation_order`` and ``val/rotation_match`` (``evaluation.rotation.rotation_metrics``)
   on a fixed, seeded subset of upright validation digits, so a user sees when the rotation is learned or
   lost, and a checkpoint can be chosen by it (``conf/experiment/rotated_mnist.yaml``); with ``flow_fit``
-  also ``val/rotation_flow_order`` and ``val/rotation_flow_residual`` (``evaluation.images.rotation_flow_fit``):
-  whether the encoder's rotation loop can be followed by any one operator (README, "What decides").
+  also ``val/rotation_flow_order`` and ``val/rotation_flow_residual`` (``evaluation.rotation.rotation_flow_fit``):
+  whether the encoder's rotation loop can be followed by any one operator.
 
 ``DecayWhenLearned`` starts the operators' step decay (``AcceptRejectRule``'s titration) at the first validation
 whose monitored metric reaches a threshold, instead of at a fixed batch.
@@ -27,6 +27,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning import Callback, LightningModule, Trainer
 
 from vaells.models.base import has_operators
 from vaells.networks import reinitialise
@@ -72,7 +73,7 @@ class OperatorMonitor(pl.Callback):
             out[f"val/psi_drift_{m}"] = float(drift)
         digits = self.validation_digits(dm)
         if digits is not None:
-            from vaells.evaluation.images import rotation_flow_fit, rotation_metrics
+            from vaells.evaluation.rotation import rotation_flow_fit, rotation_metrics
 
             rot = rotation_metrics(pl_module, digits, seed=self.seed)
             out |= {"val/rotation_order": rot["rotation_order"], "val/rotation_match": rot["rotation_match"]}
@@ -93,8 +94,7 @@ class OperatorMonitor(pl.Callback):
 class DecayWhenLearned(pl.Callback):
     """Start the decay of the operators' step (``psi_rule.decay_after``) once the operators have learned what
     ``monitor`` measures: at the first validation where it reaches ``threshold``, decay_after becomes the
-    current VAELLS batch (if that is earlier). A fixed decay_after fits one data set's pace and not another's
-    (README, "What the operators learn": the small digits learn their rotation ~1300 batches after MNIST's).
+    current VAELLS batch (if that is earlier). A fixed decay_after fits one data set's pace and not another's.
     Models without a ``psi_rule``, and runs that do not log ``monitor``, are left alone.
 
     Args:
@@ -121,7 +121,7 @@ class WarmupFlowCheck(pl.Callback):
     not, draw the networks afresh and train the warm-up again.
 
     The operator can only follow the loop that the encoder draws as a digit turns, and at the prior's default
-    weight in network phases VAELLS leaves that loop as the warm-up drew it (README, "What decides"). So at the
+    weight in network phases VAELLS leaves that loop as the warm-up drew it. So at the
     batch where VAELLS proper would begin, ``rotation_flow_fit`` scores the encoder on a fixed subset of upright
     validation digits. Below ``threshold``, the encoder and decoder are redrawn (``vaells.networks.reinitialise``),
     their optimizer's moments are cleared, and a new warm-up of whole epochs (at least the configured one) runs;
@@ -171,7 +171,7 @@ class WarmupFlowCheck(pl.Callback):
             self._digits = fixed_validation_digits(trainer.datamodule, self.num_digits, self.seed)
         if self._digits is None:
             return
-        from vaells.evaluation.images import rotation_flow_fit
+        from vaells.evaluation.rotation import rotation_flow_fit
 
         score = rotation_flow_fit(pl_module, self._digits, seed=self.seed)["rotation_flow_order"]
         self.scores.append(score)
@@ -216,3 +216,17 @@ def _extend(trainer: pl.Trainer, epochs: int) -> None:
     """``epochs`` more for the run (a run without an epoch limit, max_epochs -1, is left as it is)."""
     if trainer.fit_loop.max_epochs is not None and trainer.fit_loop.max_epochs >= 0:
         trainer.fit_loop.max_epochs += epochs
+
+
+class ValidateLastEpoch(Callback):
+    """Validate at the last epoch too, whatever ``trainer.check_val_every_n_epoch`` says, so that every run ends
+    with a validation: its best checkpoint (``best-epoch=NNN.ckpt``) exists and has seen the final model.
+
+    Lightning decides per epoch whether ``(epoch + 1) % check_val_every_n_epoch == 0``; at the start of the last
+    epoch the interval is set to 1 for that epoch.
+    """
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
+        if last and trainer.check_val_every_n_epoch is not None:
+            trainer.check_val_every_n_epoch = 1

@@ -4,23 +4,16 @@ the silencing of the known-harmless messages of the libraries underneath."""
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
 
-log = logging.getLogger("vaells.progress")
-T = TypeVar("T")
+from vaells.evaluation.progress import interactive
 
-
-def interactive() -> bool:
-    """Whether stdout is a terminal (a bar redraws in place there; in a file every redraw stays)."""
-    return sys.stdout.isatty()
+log = logging.getLogger("vaells.training.progress")
 
 
 def progress_bar(refresh_rate: int = 1, log_every_n_batches: int = 50) -> ProgressBar:
@@ -49,8 +42,8 @@ def format_scalars(metrics: dict[str, Any], prefix: str) -> str:
 
 
 class LineProgressBar(ProgressBar):
-    """Training progress as plain log lines (``vaells.progress``, so also in the run's ``train.log``): one every
-    ``every_n_batches`` training batches and at the end of each epoch, with the progress-bar metrics, and one per
+    """Training progress as plain log lines (``vaells.training.progress``, so also in the run's ``train.log``): one
+    every ``every_n_batches`` training batches and at the end of each epoch, with the progress-bar metrics, and one per
     validation with its ``val/`` metrics. No carriage returns, nothing redrawn."""
 
     def __init__(self, every_n_batches: int = 50) -> None:
@@ -89,37 +82,6 @@ class LineProgressBar(ProgressBar):
 
 
 # -- evaluation -----------------------------------------------------------------------------------------
-@contextmanager
-def stage(description: str) -> Iterator[None]:
-    """A line when a step of an evaluation starts and one with its time when it ends, so a long evaluation is
-    never silent."""
-    log.info("%s ...", description)
-    start = time.perf_counter()
-    yield
-    log.info("%s: done in %.1f s", description, time.perf_counter() - start)
-
-
-def track(items: Iterable[T], description: str, total: int | None = None, every_s: float = 10.0) -> Iterator[T]:
-    """``items``, with progress: a transient bar on a terminal, otherwise a line every ``every_s`` seconds and
-    one at the end."""
-    total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
-    if interactive():
-        from tqdm.auto import tqdm
-
-        yield from tqdm(items, desc=description, total=total, leave=False, dynamic_ncols=True)
-        return
-    start = last = time.perf_counter()
-    count = 0
-    of = f"/{total}" if total is not None else ""
-    log.info("%s ...", description)
-    for item in items:
-        yield item
-        count += 1
-        now = time.perf_counter()
-        if now - last >= every_s:
-            log.info("%s: %d%s (%.0f s)", description, count, of, now - start)
-            last = now
-    log.info("%s: %d%s done in %.1f s", description, count, of, time.perf_counter() - start)
 
 
 # -- known-harmless messages ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import NoReturn
 from hydra.errors import CompactHydraException, InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def resumed_config(cfg: DictConfig, hydra_cfg: DictConfig) -> tuple[DictConfig, 
     other than ``ckpt_path`` must be among ``cfg.resume_overrides`` (what may change without changing the run,
     e.g. ``trainer.max_epochs`` to extend it), and take their value from this composition; others are refused
     (``UsageError``)."""
-    from vaells.builders import load_run  # the builders import the models; runs.py stays light for evaluate.py
+    from vaells.app.builders import load_run  # the builders import the models; runs.py stays light for evaluate.py
 
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     allowed = list(cfg.get("resume_overrides") or [])
@@ -317,17 +317,3 @@ def discard_failed_run(output_dir: str | Path, message: str, root: Path | None =
         return f"(stopped before any work; removed its folder {folder})"
     (folder / FAILED_MARKER).write_text(message + "\n")
     return f"(stopped before any work; the reason is in {folder / FAILED_MARKER})"
-
-
-class ValidateLastEpoch(Callback):
-    """Validate at the last epoch too, whatever ``trainer.check_val_every_n_epoch`` says, so that every run ends
-    with a validation: its best checkpoint (``best-epoch=NNN.ckpt``) exists and has seen the final model.
-
-    Lightning decides per epoch whether ``(epoch + 1) % check_val_every_n_epoch == 0``; at the start of the last
-    epoch the interval is set to 1 for that epoch.
-    """
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
-        if last and trainer.check_val_every_n_epoch is not None:
-            trainer.check_val_every_n_epoch = 1

@@ -1,4 +1,7 @@
-"""Quality benchmark: how much class identity can the release's d = 6 conv autoencoder keep on this data?
+"""Question: how much class identity can the d = 6 conv autoencoder alone keep on MNIST? Answer: printed as a table.
+
+    python analysis/mnist_class_ceiling.py --root /path/to/mnist --no-download
+    python analysis/mnist_class_ceiling.py --root /path/to/mnist --no-download --variants plain class_ce
 
 Natural MNIST's ``class_preservation`` counts decoded posterior samples that a classifier trained on the train
 split assigns to the digit's class. It cannot exceed what the plain reconstructions keep
@@ -14,10 +17,8 @@ on the same held-out test digits:
     pull      plus 1/2 ||z - enc(a)||^2 to the nearest anchor of the digit's class (the class-matched prior with
               operators that move nothing: the strongest pull the VAELLS prior can exert)
 
-Prints a table, then one JSON line. One CPU thread; ~6 min per variant for 5000 batches (pull ~12 min).
-
-    python benchmarks/mnist_class_ceiling.py --root /path/to/mnist --no-download
-    python benchmarks/mnist_class_ceiling.py --root /path/to/mnist --no-download --variants plain class_ce
+Prints a table, then one JSON line; runs on one CPU thread.
+Results from it are recorded in docs/notes/analysis-history.md and the README, never here.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vaells.data.mnist import MNISTDataModule
-from vaells.evaluation import images as mm
+from vaells.evaluation.classifier import cached_classifier, predict
+from vaells.evaluation.common import dataset_tensors
 from vaells.networks import ConvDecoder, ConvEncoder
 from vaells.objectives import reconstruction_error
 
@@ -49,7 +51,7 @@ def train_autoencoder(
     params = [*enc.parameters(), *dec.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
     gen = torch.Generator().manual_seed(seed)
-    # Redraw often on a terminal, rarely into a log file (as vaells.progress does for training).
+    # Redraw often on a terminal, rarely into a log file (as vaells.training.progress does for training).
     for _ in tqdm(range(steps), desc=variant, leave=False, mininterval=0.1 if sys.stderr.isatty() else 30.0):
         idx = torch.randint(0, x.shape[0], (batch_size,), generator=gen)
         xb, yb = x[idx], y[idx]
@@ -67,7 +69,7 @@ def train_autoencoder(
     return enc.eval(), dec.eval()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default="data", help="MNIST root (torchvision layout), as data.root")
     parser.add_argument("--no-download", action="store_true")
@@ -77,16 +79,16 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--num-eval", type=int, default=2000, help="held-out test digits that score each variant")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     dm = MNISTDataModule(root=args.root, download=not args.no_download, anchors_per_class=8, seed=args.seed)
     dm.setup("fit")
     dm.setup("test")
-    x_train, y_train = mm.dataset_tensors(dm.train_set)
-    x_test, y_test = mm.dataset_tensors(dm.test_set)
+    x_train, y_train = dataset_tensors(dm.train_set)
+    x_test, y_test = dataset_tensors(dm.test_set)
     # The judge of evaluate.py: the same classifier, trained on the train split only.
-    clf = mm.cached_classifier(x_train, y_train, steps=1500, seed=args.seed, cache_dir=Path("data/classifiers"))
+    clf = cached_classifier(x_train, y_train, steps=1500, seed=args.seed, cache_dir=Path("data/classifiers"))
     perm = torch.randperm(x_test.shape[0], generator=torch.Generator().manual_seed(1))
     held, pool = perm[: args.num_eval], perm[args.num_eval:]  # scored digits; extra training images
     x_eval, y_eval = x_test[held], y_test[held]
@@ -105,12 +107,12 @@ def main() -> None:
             recon = torch.cat([dec(enc(chunk)) for chunk in x_eval.split(500)])
         rows.append({
             "variant": variant, "train_images": x.shape[0],
-            "ceiling": float((mm.predict(clf, recon) == y_eval).float().mean()),
+            "ceiling": float((predict(clf, recon) == y_eval).float().mean()),
             "test_mse": float((recon - x_eval).pow(2).mean()), "seconds": time.perf_counter() - start,
         })
         print(f"{variant}: ceiling {rows[-1]['ceiling']:.3f}", flush=True)
 
-    clf_acc = float((mm.predict(clf, x_eval) == y_eval).float().mean())
+    clf_acc = float((predict(clf, x_eval) == y_eval).float().mean())
     print(f"\nd = {args.latent_dim}, {args.steps} batches; {args.num_eval} held-out test digits; "
           f"classifier on the originals: {clf_acc:.3f}")
     print(f"{'variant':<12}{'train images':>14}{'ceiling':>10}{'test mse':>10}{'time (s)':>10}")

@@ -1,4 +1,4 @@
-"""Aggregate the runs of a folder: ``python -m vaells.report MULTIRUN_DIR``.
+"""Aggregate the runs of a folder: ``python -m vaells.app.report MULTIRUN_DIR``.
 
 Every run below the folder that wrote a ``metrics.json`` (``train.py`` does, for each job of a multirun; so does
 ``evaluate.py``, into ``RUN/evaluations/<date_time>/``) becomes a row: first the values that differ between the
@@ -10,10 +10,10 @@ side by side (the paper's Fig. 2 and 4) and, for image data, its posterior ring 
 and 7).
 
     python train.py -m experiment=concentric_circles model=vaells,vae,vampprior,svae
-    python -m vaells.report multirun/train/<date_time>
+    python -m vaells.app.report multirun/train/<date_time>
 
     python train.py -m experiment=table2      # the paper's Table 2: five (M, N_a) rows on natural MNIST
-    python -m vaells.report multirun/train/<date_time>
+    python -m vaells.app.report multirun/train/<date_time>
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def _comparison_figure(root: Path, swept: list[str], rows: list[dict]) -> Path |
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vaells.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vaells.app.report", description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="a multirun folder (or any folder of runs with metrics.json)")
     args = parser.parse_args(argv)
     for path in write_report(args.folder):

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaells.data.base import AnchoredDataModule
-from vaells.models.base import ModelBase
+from vaells.models.module import ModelBase
 
 #: Training inputs handed to a model that starts from data (the VampPrior's pseudo-inputs).
 NUM_TRAIN_INPUTS = 1000
@@ -130,13 +130,19 @@ def _instantiate_model(cfg: DictConfig, input_shape: tuple[int, ...],
     return model
 
 
-#: Where the ``_target_`` paths of runs saved before the package was grouped into models/, evaluation/ and
-#: figures/ live now (old prefix -> new prefix), so ``load_run`` reads their checkpoints.
+#: Where the ``_target_`` paths of runs saved by earlier layouts of the package live now (old prefix -> new
+#: prefix), so that ``load_run`` reads their checkpoints: the first grouping into models/, evaluation/ and
+#: figures/, then the callbacks' move to training/ and the run plumbing's to app/.
 MOVED_TARGETS = {
     "vaells.module.": "vaells.models.vaells.",
     "vaells.schedule.": "vaells.models.schedule.",
-    "vaells.callbacks.": "vaells.figures.callbacks.",
-    "vaells.monitors.": "vaells.evaluation.monitors.",
+    "vaells.callbacks.": "vaells.training.figures.",
+    "vaells.monitors.": "vaells.training.monitors.",
+    "vaells.figures.callbacks.": "vaells.training.figures.",
+    "vaells.evaluation.monitors.": "vaells.training.monitors.",
+    "vaells.checkpoints.": "vaells.training.checkpoints.",
+    "vaells.progress.": "vaells.training.progress.",
+    "vaells.runs.ValidateLastEpoch": "vaells.training.monitors.ValidateLastEpoch",
 }
 
 

@@ -12,7 +12,7 @@
   the batch and raises ``SIGTERMException``; this writes ``last.ckpt`` there and records it in the run's log.
   ``train.py`` then exits with status 143 (128 + SIGTERM), so the scheduler sees that the job did not finish.
 
-A checkpoint written within an epoch resumes exactly (``vaells.data.sampling``, ``vaells.models.base.ModelBase``).
+A checkpoint written within an epoch resumes exactly (``vaells.data.sampling``, ``vaells.models.module.ModelBase``).
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
-"""How a trained VAELLS prior fits its synthetic manifold as its Laplace scale widens: one table, one JSON line.
+"""Question: does a trained VAELLS prior cover its manifold, and stay on it, at a widened b? Answer: printed table.
+
+    python analysis/prior_spread.py RUN/checkpoints/last.ckpt [CKPT ...] --factors 1 3 10 30 100
+
+How a trained VAELLS prior fits its synthetic manifold (swiss roll, circles) as its Laplace scale widens: prints
+one table (a row per checkpoint and factor), then one JSON line.
 
 ``prior_manifold_error`` and ``prior_coverage_error`` (``vaells.evaluation.comparison.prior_fit``) are scored
-at the model's own prior, b = 1 / zeta_3. There, with operators whose eigenvalues are a few hundredths, a prior
-sample moves only a few hundredths of a radian along an orbit from its anchor, and the prior is a tight blob
-around each anchor. The paper's Fig. 3b draws the prior "with increased b" for that reason. This benchmark
-scores the same trained prior (eq. 8, the anchors and operators as learned) at b x k, so a reader sees whether
-the operators' orbits carry the prior along the manifold (coverage falls while the manifold error stays low)
-or off it.
-
-    python benchmarks/prior_spread.py RUN/checkpoints/last.ckpt [CKPT ...] --factors 1 3 10 30 100
+at the model's own prior, b = 1 / zeta_3. There, when the learned operators are small, a prior sample moves
+only a short way along an orbit from its anchor, and the prior is a tight blob around each anchor. The paper's
+Fig. 3b draws the prior "with increased b" for that reason. This script scores the same trained prior (eq. 8,
+the anchors and operators as learned) at b x k, so a reader sees whether the operators' orbits carry the prior
+along the manifold (coverage falls while the manifold error stays low) or off it. Results from it are recorded
+in docs/notes/analysis-history.md and the README, never here.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import torch
 
 import vaells
 from vaells.distributions import AnchorPrior
+from vaells.evaluation.common import decode_chunked, evaluating
 from vaells.evaluation.comparison import nearest_distance
-from vaells.evaluation.images import decode_chunked, evaluating
 from vaells.models.base import has_operators
 
 

@@ -1,16 +1,18 @@
-"""A TensorBoard scalar over training for several runs: one table, one figure, one JSON line.
+"""Question: when does a run learn (or lose) a metric over training? Answer: a figure at --out, and a printed table.
 
-Shows when a run learns what it is meant to, or loses it: for rotated MNIST, ``val/rotation_order``
-(``vaells.evaluation.monitors.OperatorMonitor``, 50 fixed validation digits at every validation), for any run the
-operators' ``val/psi_norm_m`` or ``val/psi_drift_m``.
+    python analysis/training_traces.py RUN_DIR [RUN_DIR ...] --tag val/rotation_order --out trace.png
+    python analysis/training_traces.py outputs/train/rotated_mnist/* --labels "seed 0" "seed 1"
+    python analysis/training_traces.py RUN_A RUN_B --rescore RUN_A --data root=/path/to/mnist download=false
 
-    python benchmarks/training_traces.py RUN_DIR [RUN_DIR ...] --tag val/rotation_order --out trace.png
-    python benchmarks/training_traces.py outputs/train/rotated_mnist/* --labels "seed 0" "seed 1"
-    python benchmarks/training_traces.py RUN_A RUN_B --rescore RUN_A --data root=/path/to/mnist download=false
+A TensorBoard scalar over training for several runs: one figure (``--out``), one table, one JSON line. It
+shows when a run learns what it is meant to, or loses it: for rotated MNIST, ``val/rotation_order``
+(``vaells.training.monitors.OperatorMonitor``, on fixed validation digits at every validation), for any run the
+operators' ``val/psi_norm_m`` or ``val/psi_drift_m``. The README's figure docs/figures/rotation_order_traces.png
+comes from it (its command is in docs/notes/analysis-history.md).
 
 The x axis is the module's batch counter (warm-up included), so runs of one experiment line up; with
 ``--from-vaells`` it counts from each run's first VAELLS batch instead, so that a run whose warm-up was trained
-again (``vaells.evaluation.monitors.WarmupFlowCheck``) lines up with the others. ``--rescore``
+again (``vaells.training.monitors.WarmupFlowCheck``) lines up with the others. ``--rescore``
 (for the runs it names, or all) recomputes the monitor's metrics (``val/rotation_order``, ``val/rotation_match``,
 ``val/psi_norm_m``, ...) from a run's per-validation checkpoints with the current code instead of reading
 TensorBoard, e.g. after a metric changed: train with ``callbacks.model_checkpoint.save_top_k=-1`` to keep one
@@ -50,8 +52,8 @@ def rescore_scalar(run_dir: Path, tag: str, data_overrides: dict[str, str]) -> l
     (``checkpoints/best-*.ckpt``) of ``run_dir`` with the current code."""
     from omegaconf import OmegaConf
 
-    from vaells.builders import build_datamodule, load_run, restore_model
-    from vaells.evaluation.monitors import OperatorMonitor
+    from vaells.app.builders import build_datamodule, load_run, restore_model
+    from vaells.training.monitors import OperatorMonitor
 
     files = sorted(run_dir.glob("checkpoints/best-*.ckpt"))
     if not files:
@@ -77,7 +79,7 @@ def vaells_start(run_dir: Path) -> int:
     ``WarmupFlowCheck`` added (its state in ``checkpoints/last.ckpt``)."""
     from omegaconf import OmegaConf
 
-    from vaells.builders import load_run
+    from vaells.app.builders import load_run
 
     cfg, checkpoint = load_run(run_dir / "checkpoints" / "last.ckpt")
     added = sum(state.get("added_batches", 0) for key, state in checkpoint.get("callbacks", {}).items()
