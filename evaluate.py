@@ -12,12 +12,9 @@ import logging
 from pathlib import Path
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vaells.app.builders import build_datamodule, build_model, load_run
 from vaells.app.runs import (
     SETTING_ERRORS,
     UsageError,
@@ -26,22 +23,38 @@ from vaells.app.runs import (
     resolve_checkpoint,
     run_folder,
     saved_run_record,
+    suggest_close_keys,
 )
 from vaells.app.validation import check_data, check_evaluate_config
-from vaells.evaluation.likelihood import likelihood_settings
-from vaells.evaluation.progress import stage
-from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, training_record, write_metrics
-from vaells.figures.images import save_matched_ring
-from vaells.training.figures import save_run_figures
-from vaells.training.progress import quiet_known_messages
 
 log = logging.getLogger(__name__)
 # conf/evaluate.yaml's hydra.run.dir: the evaluation goes beside the run it evaluates.
 OmegaConf.register_new_resolver("evaluation_folder", evaluation_folder, replace=True)
+suggest_close_keys()  # chekpoint=best: "did you mean checkpoint=best?", not Hydra's +chekpoint=best
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    # Here, not at the top: --help and a misspelt key are answered before torch and Lightning load (seconds).
+    import pytorch_lightning as pl
+    import torch
+
+    from vaells.app.builders import build_datamodule, build_model, load_run
+    from vaells.evaluation.likelihood import likelihood_settings
+    from vaells.evaluation.progress import stage
+    from vaells.evaluation.summary import (
+        CLASSIFIER_CACHE,
+        evaluate_model,
+        format_metrics,
+        training_record,
+        vaells_record,
+        warmup_only_message,
+        write_metrics,
+    )
+    from vaells.figures.images import save_matched_ring
+    from vaells.training.figures import save_run_figures
+    from vaells.training.progress import quiet_known_messages
+
     quiet_known_messages()
     torch.set_num_threads(cfg.threads)
     out = Path(HydraConfig.get().runtime.output_dir)
@@ -61,6 +74,7 @@ def main(cfg: DictConfig) -> None:
         dm = build_datamodule(run_cfg)
         model = build_model(run_cfg, dm)
         model.load_state_dict(checkpoint["state_dict"])
+        model.on_load_checkpoint(checkpoint)  # what the weights do not hold: the batch counter, as train.py's model
     except SETTING_ERRORS as err:
         given = OmegaConf.select(cfg, "ckpt_path", default=None, throw_on_missing=False)
         # Empty folders above the evaluation's are removed up to the run it evaluates (its evaluations/).
@@ -78,10 +92,15 @@ def main(cfg: DictConfig) -> None:
     with stage("figures"):
         save_run_figures(model, dm, out / "figures", figure_options)
         save_matched_ring(model, dm, metrics, out / "figures")
-    metrics = {**record, **metrics, **training_record(checkpoint.get("callbacks", {})), "ckpt_path": str(ckpt_path)}
+    callback_states = checkpoint.get("callbacks", {})
+    metrics = {**record, **metrics, **training_record(callback_states), **vaells_record(model, callback_states),
+               "ckpt_path": str(ckpt_path)}
     path = write_metrics(metrics, out)
     print(format_metrics(metrics))
     print(f"\nWrote {path}")
+    warmup_only = warmup_only_message(model, callback_states)
+    if warmup_only:  # last, below the operator metrics it qualifies
+        log.warning(warmup_only)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@ then score the final model on the test split into the run's ``metrics.json`` (``
 ``python train.py --help`` lists the experiments, models, data sets and common overrides.
 
 ``python train.py ckpt_path=RUN/checkpoints/last.ckpt`` (or ``ckpt_path=last`` inside RUN) resumes a run in its own
-folder with the config stored in its checkpoint (``vaells.app.runs.resumed_config``). A SIGTERM writes
-``last.ckpt`` and exits with status 143 (``vaells.training.checkpoints``); training that keeps producing
-non-finite steps stops with a message and status 1 (``vaells.models.module.ModelBase``)."""
+folder with the config stored in its checkpoint (``vaells.app.runs.resumed_config``); a run that already finished
+is refused unless ``trainer.max_epochs`` is raised. A SIGTERM or a first Ctrl-C writes ``last.ckpt`` after the
+current batch and exits with status 143 or 130 (``vaells.training.checkpoints``; a second Ctrl-C stops at once);
+training that keeps producing non-finite steps stops with a message and status 1 (``vaells.models.module.ModelBase``).
+"""
 
 from __future__ import annotations
 
@@ -15,13 +17,9 @@ import time
 from pathlib import Path
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from vaells.app.builders import build_datamodule, build_model
 from vaells.app.runs import (
     SETTING_ERRORS,
     UsageError,
@@ -34,20 +32,16 @@ from vaells.app.runs import (
     resumed_config,
     run_record,
     separate_rank_log,
+    suggest_close_keys,
 )
 from vaells.app.validation import check_model_fits_data, check_train_config
-from vaells.evaluation.likelihood import likelihood_settings
-from vaells.evaluation.summary import CLASSIFIER_CACHE, evaluate_model, format_metrics, training_record, write_metrics
-from vaells.figures.images import save_matched_ring
-from vaells.models.module import TrainingStopped
-from vaells.training.checkpoints import SIGTERM_EXIT_STATUS
-from vaells.training.progress import format_scalars, quiet_known_messages
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 # conf/train.yaml's hydra.run.dir and hydra.output_subdir: a resumed run continues in its own folder.
 OmegaConf.register_new_resolver("resume_run_dir", resume_run_dir, replace=True)
 OmegaConf.register_new_resolver("resume_output_subdir", resume_output_subdir, replace=True)
+suggest_close_keys()  # trainer.max_epoch=3: "did you mean trainer.max_epochs=3?", not Hydra's +trainer.max_epoch
 
 
 def refuse_resume(output_dir: str, hydra_cfg: DictConfig, err: BaseException) -> None:
@@ -62,6 +56,26 @@ def refuse_resume(output_dir: str, hydra_cfg: DictConfig, err: BaseException) ->
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    # Here, not at the top: --help and a misspelt key are answered before torch and Lightning load (seconds).
+    import pytorch_lightning as pl
+    import torch
+
+    from vaells.app.builders import build_datamodule, build_model
+    from vaells.evaluation.likelihood import likelihood_settings
+    from vaells.evaluation.summary import (
+        CLASSIFIER_CACHE,
+        evaluate_model,
+        format_metrics,
+        training_record,
+        vaells_record,
+        warmup_only_message,
+        write_metrics,
+    )
+    from vaells.figures.images import save_matched_ring
+    from vaells.models.module import TrainingStopped
+    from vaells.training.checkpoints import expect_own_checkpoints, stopped_by_signal
+    from vaells.training.progress import format_scalars, quiet_known_messages
+
     quiet_known_messages()
     separate_rank_log()
     hydra_cfg = HydraConfig.get()
@@ -98,17 +112,22 @@ def main(cfg: DictConfig) -> None:
     log.info("configuration:\n%s", config_summary(cfg, record, out, model))
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
+        expect_own_checkpoints(callbacks)
     if logger and not fast_dev_run:
-        # The whole run config in the logger's hparams (TensorBoard's hparams.yaml and HPARAMS tab); the data
+        # The whole run config in the logger's hparams (TensorBoard's hparams.yaml; conf/logger/); the data
         # modules keep theirs out of it (save_hyperparameters(logger=False)), which were only the data keys.
         logger.log_hyperparams(model.run_config)
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
-    except SIGTERMException:
-        # Lightning's SIGTERMException is a SystemExit with status 0: a scheduler would take the job as done.
-        log.warning("stopped by SIGTERM after %d batches; exit status %d", model.batch_counter, SIGTERM_EXIT_STATUS)
-        raise SystemExit(SIGTERM_EXIT_STATUS) from None
+    except (SystemExit, KeyboardInterrupt) as err:
+        # Lightning ends a SIGTERM stop with status 0 (a scheduler would take the job as done) and a Ctrl-C with 1.
+        stopped = stopped_by_signal(trainer, err, model.batch_counter)
+        if stopped is None:
+            raise
+        message, status = stopped
+        log.warning("%s; exit status %d", message, status)
+        raise SystemExit(status) from None
     except TrainingStopped as err:
         log.error("%s", err)
         raise UsageError(str(err)) from None
@@ -131,10 +150,16 @@ def main(cfg: DictConfig) -> None:
         metrics = evaluate_model(model, dm, classifier_cache=CLASSIFIER_CACHE, matched_variation=cfg.matched_variation,
                                  **ll_settings)
         save_matched_ring(model, dm, metrics, Path(out) / "figures")
-        metrics |= training_record({cb.state_key: cb.state_dict() for cb in trainer.callbacks})
+        metrics |= training_record({cb.state_key: cb.state_dict() for cb in trainer.callbacks}) | vaells_record(model)
+        # How long it trained, for python -m vaells.app.report: short runs' scores do not compare.
+        metrics |= {"train_seconds": round(elapsed, 1), "train_epochs": trainer.current_epoch,
+                    "train_batches": model.batch_counter}
         path = write_metrics({**record, **metrics}, out)
         log.info("test metrics:\n%s", format_metrics(metrics))
         print(f"Test metrics of the final model: {path}")
+    warmup_only = warmup_only_message(model)
+    if warmup_only:  # last, below the operator metrics it qualifies
+        log.warning(warmup_only)
 
 
 if __name__ == "__main__":

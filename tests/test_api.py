@@ -151,7 +151,7 @@ def test_a_checkpoint_this_project_did_not_write_is_refused(tmp_path: Path) -> N
     torch.save(torch.zeros(3), foreign)
     with pytest.raises(ValueError, match="holds no run config"):
         vaells.load(foreign)
-    with pytest.raises(FileNotFoundError, match="is not a file"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         vaells.load(tmp_path / "missing.ckpt")
 
 

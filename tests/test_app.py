@@ -237,7 +237,7 @@ def test_tensor_file_without_x_stops_before_training(tmp_path: Path, cli, no_fit
 def test_last_checkpoint_is_the_final_epoch_and_a_short_run_has_a_best(tmp_path: Path, cli) -> None:
     """last.ckpt holds the final model (Lightning's save_last alone left it at the last improving validation
     epoch), and a run shorter than the validation interval still validates at its last epoch, so it writes
-    best-epoch=NNN.ckpt."""
+    best-epochNNN.ckpt (NNN counted from 1, as the log counts epochs)."""
     run = tmp_path / "run"
     code, _, err = cli(train.main, "experiment=concentric_circles", "data.num_test_per_class=40",
                        "++trainer.max_epochs=3", "++trainer.check_val_every_n_epoch=5",
@@ -248,7 +248,7 @@ def test_last_checkpoint_is_the_final_epoch_and_a_short_run_has_a_best(tmp_path:
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 2  # epochs 0, 1, 2 (the last, validated although 3 < 5)
     assert last["vaells"]["batch_counter"] == 3 * 3
-    assert [p.name for p in (run / "checkpoints").glob("best-epoch=*.ckpt")] == ["best-epoch=002.ckpt"]
+    assert [p.name for p in (run / "checkpoints").glob("best*.ckpt")] == ["best-epoch003.ckpt"]
 
 
 # -- evaluate.py ----------------------------------------------------------------------------------------

@@ -44,12 +44,36 @@ def test_prior_manifold_error_is_the_noise_on_the_manifold_and_large_off_it(dm_c
     collapsed = prior_fit(PointPrior(dm.anchors), manifold, test_x)
     assert collapsed["prior_manifold_error"] < 1e-3
     assert collapsed["prior_coverage_error"] > 5 * on["prior_coverage_error"]
+    # ... so the two-sided prior_fit, which a point mass on the anchors cannot win, ranks it below the data
+    assert collapsed["prior_fit"] > 3 * on["prior_fit"]
+    assert off["prior_fit"] > 3 * on["prior_fit"]
+
+
+class AnchoredPointPrior(PointPrior):
+    """A PointPrior that also has class-matched anchors, as VAELLS does."""
+
+    def __init__(self, points: Tensor, anchors: Tensor) -> None:
+        super().__init__(points)
+        self.anchors = anchors
+
+    def anchor_latents(self) -> Tensor:
+        return self.anchors
+
+
+def test_the_anchor_point_mass_control_scores_the_anchors_alone() -> None:
+    dm = SwissRollDataModule()
+    manifold, train_x, test_x = dm.manifold_points(), dm.train_set.tensors["x"], dm.test_set.tensors["x"]
+    scores = prior_fit(AnchoredPointPrior(train_x, dm.anchors), manifold, test_x)
+    assert scores["prior_fit_anchor_points"] == pytest.approx(prior_fit(PointPrior(dm.anchors), manifold,
+                                                                        test_x)["prior_fit"])
+    assert scores["prior_fit"] < scores["prior_fit_anchor_points"]
+    assert "prior_fit_anchor_points" not in prior_fit(PointPrior(train_x), manifold, test_x)
 
 
 def test_comparative_metrics_pick_what_the_data_allows() -> None:
     dm = SwissRollDataModule(num_train=100, num_val=10, num_test=50)
     metrics = comparative_metrics(PointPrior(dm.train_set.tensors["x"]), dm)
-    assert set(metrics) == {"prior_manifold_error", "prior_coverage_error"}
+    assert set(metrics) == {"prior_manifold_error", "prior_coverage_error", "prior_fit"}
     assert comparative_metrics(PointPrior(dm.train_set.tensors["x"]), object()) == {}
 
 

@@ -18,6 +18,7 @@ from vaells.evaluation.paths import (
     path_manifold_errors,
     path_metrics,
     path_rotation_matches,
+    path_scores,
     path_solver,
     same_label_pairs,
     transport_interpolation,
@@ -92,9 +93,34 @@ def test_path_manifold_errors_of_a_model_whose_operator_traces_the_manifold() ->
     x = model.decode(_circle(angles))
     manifold = model.decode(_circle(torch.linspace(0, 2 * math.pi, 20000)))
     errors = path_manifold_errors(model, x, torch.zeros(200, dtype=torch.long), manifold, num_pairs=50)
-    assert set(errors) == {"path_manifold_error", "linear_path_manifold_error"}
-    assert errors["path_manifold_error"] < 1e-3
-    assert errors["linear_path_manifold_error"] > 0.1
+    assert set(errors) == {f"{path}_{score}{control}" for path, score, control in [
+        ("path", "manifold_error", ""), ("path", "endpoint_error", ""), ("linear_path", "manifold_error", ""),
+        ("linear_path", "endpoint_error", ""), ("path", "manifold_error", "_zero_psi"),
+        ("path", "endpoint_error", "_zero_psi"), ("path", "manifold_error", "_init_psi"),
+        ("path", "endpoint_error", "_init_psi")]}
+    assert errors["path_manifold_error"] < 1e-3 and errors["path_endpoint_error"] < 1e-4
+    assert errors["linear_path_manifold_error"] > 0.1 and errors["linear_path_endpoint_error"] < 1e-12
+    # Psi = 0: the path never moves, arrives nowhere, and scores exactly as the straight line it must still travel
+    assert errors["path_endpoint_error_zero_psi"] == 1.0
+    assert errors["path_manifold_error_zero_psi"] == pytest.approx(errors["linear_path_manifold_error"], rel=1e-12)
+    # Psi at a small random start barely moves the points either: no better than the line
+    assert errors["path_manifold_error_init_psi"] > 0.5 * errors["linear_path_manifold_error"]
+
+
+def test_a_path_that_stops_short_pays_for_the_rest_of_the_way() -> None:
+    model = CircleModel()
+    manifold = model.decode(_circle(torch.linspace(0, 2 * math.pi, 20000)))
+    z0, z1 = _circle(torch.tensor([0.0])), _circle(torch.tensor([0.75 * math.pi]))
+    full = model.transport.path(z0, torch.tensor([[0.75 * math.pi]], dtype=torch.float64), num_steps=11)
+    half = model.transport.path(z0, torch.tensor([[0.375 * math.pi]], dtype=torch.float64), num_steps=11)
+    still = z0.expand(11, 1, 2)
+    scores = {name: path_scores(model, path, z1, manifold) for name, path in
+              [("full", full), ("half", half), ("still", still), ("line", linear_interpolation(z0, z1, 11))]}
+    assert scores["full"]["manifold_error"] < 1e-3 and scores["full"]["endpoint_error"] < 1e-6
+    assert scores["still"]["manifold_error"] == pytest.approx(scores["line"]["manifold_error"], rel=1e-12)
+    assert scores["still"]["endpoint_error"] == pytest.approx(1.0)
+    assert scores["full"]["manifold_error"] < scores["half"]["manifold_error"] < scores["line"]["manifold_error"]
+    assert 0.3 < scores["half"]["endpoint_error"] < 0.7
 
 
 def test_same_label_pairs_share_a_label_and_differ() -> None:

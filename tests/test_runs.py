@@ -34,7 +34,7 @@ def test_train_help_is_a_short_usage_text_naming_every_choice(cli) -> None:
     for name in [*EXPERIMENTS, *MODELS, *DATA]:
         assert re.search(rf"\b{name}\b", out), name
     for needed in ("outputs/train/<experiment>/<model>/<date_time>/", "--cfg job", "trainer.fast_dev_run",
-                   "best-epoch=NNN.ckpt", "python evaluate.py ckpt_path=outputs/train/<experiment>/<model> "):
+                   "best-epochNNN.ckpt", "python evaluate.py ckpt_path=outputs/train/<experiment>/<model> "):
         assert needed in out, needed
 
 
@@ -72,7 +72,7 @@ def test_a_short_run_its_logs_and_its_evaluation_beside_it(tmp_path: Path, cli) 
     assert "\r" not in log
     for needed in ("experiment=concentric_circles model=vaells", "d = 2, M = 1",
                    "schedule: network and operators updated together", "batch 0: VAELLS phase",
-                   "checkpoint with the best val/loss", "best-epoch=001.ckpt",
+                   "checkpoint with the best val/loss", "best-epoch002.ckpt",
                    f"checkpoint of the final state: {run / 'checkpoints' / 'last.ckpt'}", "fit took"):
         assert needed in log, needed
     # hparams.yaml holds the whole run config, not only the data's keys.
@@ -102,7 +102,7 @@ def test_a_short_run_its_logs_and_its_evaluation_beside_it(tmp_path: Path, cli) 
     # The best checkpoint without quoting its "=", and elsewhere on request.
     code, out, err = cli(evaluate.main, f"ckpt_path={run}", "checkpoint=best", f"hydra.run.dir={tmp_path / 'e'}")
     assert code == 0, err
-    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["ckpt_path"].endswith("best-epoch=001.ckpt")
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["ckpt_path"].endswith("best-epoch002.ckpt")
 
 
 # -- checkpoints and failed runs, as functions ---------------------------------------------------------------

@@ -58,6 +58,13 @@ def gaussian_log_prob(residual: Tensor, std: float | Tensor) -> Tensor:
     return -0.5 * residual.pow(2).sum(-1) / std**2 - d * torch.log(std) - 0.5 * d * math.log(2 * math.pi)
 
 
+def check_noise_std(noise_std: float | Tensor) -> None:
+    """A density needs sigma_eps > 0: its Gaussian term divides by it (eq. 7). Sampling alone may use 0."""
+    if not noise_std > 0:  # also refuses NaN
+        raise ValueError(f"noise_std={float(noise_std)} must be > 0 for log_prob (its Gaussian term divides by "
+                         "sigma_eps); e.g. model.noise_std=1e-4")
+
+
 def log_mean_exp(log_weights: Tensor) -> Tensor:
     """log (1/N) sum_n exp(w_n) over the last axis, stably: a uniform mixture (eq. 8) or an importance-sampling
     mean (docs/method.md §3).  (..., N) -> (...,)."""
@@ -136,6 +143,7 @@ class TransportPosterior(Distribution):
     def log_prob(self, value: Tensor, c_hat: Tensor | None = None) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
+        check_noise_std(self.noise_std)
         if c_hat is None:
             c_hat = self.infer(value).c
         residual = self.latent_scale * self.residual(value, c_hat)
@@ -221,6 +229,7 @@ class AnchorPrior(Distribution):
     def log_prob(self, value: Tensor, result: InferenceResult | None = None) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
+        check_noise_std(self.noise_std)
         residual, c_hat = self.components(value, result)
         log_components = (gaussian_log_prob(self.latent_scale * residual, self.noise_std)
                           + laplace_log_prob(c_hat, self.coeff_scale))

@@ -88,16 +88,77 @@ def expm(a: Tensor) -> Tensor:
     return _expm_2x2(a) if a.shape[-1] == 2 else _expm_taylor(a)
 
 
+_SERIES_BELOW = 1e-3  # |x| below which C, S and S' are summed as series
+
+
+#: Where the plain closed form of ``_expm_2x2`` is right entry by entry: real eigenvalues alpha +- r at most 4
+#: apart (delta = r^2 <= 4, so cosh and sinh cancel to at most e^4 roundoff in the smaller diagonal entry) and
+#: e^alpha far from overflow and underflow (|alpha| at most this share of the log of the dtype's largest number:
+#: 567 in float64, 71 in float32). Other batches take ``_expm_2x2_wide``.
+_PLAIN_MAX_DELTA, _PLAIN_ALPHA_SHARE = 4.0, 0.8
+
+
 def _expm_2x2(a: Tensor) -> Tensor:
-    """A = alpha I + N with alpha = tr A / 2 and N traceless, so N^2 = delta I (delta = -det N) and
-    expm(A) = e^alpha (C(delta) I + S(delta) N) (``_cosh_sinhc``): a dozen elementwise operations, where
-    scaling and squaring takes ~30 small batched products, in the forward pass and again in the backward.
-    Exact to roundoff relative to ||expm(A)||, as ``Closed2x2TransportApply`` (the same formula, for the solver)."""
-    alpha = (a[..., 0, 0] + a[..., 1, 1]) / 2
-    eye = torch.eye(2, dtype=a.dtype, device=a.device)
-    n = a - alpha[..., None, None] * eye
-    cc, s, _ = _cosh_sinhc(n[..., 0, 0] * n[..., 0, 0] + n[..., 0, 1] * n[..., 1, 0])
-    return torch.exp(alpha)[..., None, None] * (cc[..., None, None] * eye + s[..., None, None] * n)
+    """A = alpha I + N with alpha = tr A / 2 and N = [[p, b], [q, -p]] traceless, so N^2 = delta I (delta = p^2 + bq)
+    and expm(A) = e^alpha (C(delta) I + S(delta) N) (``_cosh_sinhc``): a dozen elementwise operations, where scaling
+    and squaring takes ~30 small batched products, in the forward pass and again in the backward.
+
+    Each entry is right to roundoff relative to itself where scaling and squaring gives that (a diagonal or
+    triangular A, a rotation with dilation), and overflows only where it does itself: a batch with large arguments
+    is taken by ``_expm_2x2_wide``, so that expm(diag(800, 1)) is [[inf, 0], [0, e]], not [[inf, 0], [0, 0]]. The
+    training step's small generators keep the plain form's speed; the choice costs one comparison (a device sync
+    on a GPU, as the scaling and squaring's count of squarings does)."""
+    a00, a01, a10, a11 = a.flatten(-2).unbind(-1)
+    alpha, p = (a00 + a11) * 0.5, (a00 - a11) * 0.5
+    bq = a01 * a10
+    delta = p * p + bq
+    max_alpha = _PLAIN_ALPHA_SHARE * math.log(torch.finfo(a.dtype).max)
+    if bool(((delta > _PLAIN_MAX_DELTA) | (alpha.abs() > max_alpha)).any()):
+        return _expm_2x2_wide(alpha, p, a01, a10, bq, delta)
+    cc, s = _cosh_sinhc(delta, derivative=False)
+    ea = torch.exp(alpha)
+    ec, es = ea * cc, ea * s
+    esp = es * p
+    return torch.stack([ec + esp, es * a01, es * a10, ec - esp], -1).unflatten(-1, (2, 2))
+
+
+def _expm_2x2_wide(alpha: Tensor, p: Tensor, b: Tensor, q: Tensor, bq: Tensor, delta: Tensor) -> Tensor:
+    """``_expm_2x2`` for any arguments, from its alpha, p, b, q, bq and delta. With real eigenvalues alpha +- r
+    (delta = r^2 > 0) the smaller diagonal entry e^alpha (C - S |p|) is the difference of two numbers of size
+    e^(alpha + r) (it comes out 0 instead of e at diag(700, 1)); here it is e^(alpha - r) + e^alpha S bq / (r + |p|),
+    as r^2 - p^2 = bq. And the growth e^(alpha + r) multiplies the bounded e^-r (C I + S N) in three factors, so
+    that a representable entry is not lost to an overflow of e^alpha or of cosh r, and an exact zero stays zero
+    (not inf * 0). About twice the plain form's operations."""
+    r, ch, sh = _scaled_cosh_sinhc(delta)  # e^-r C and e^-r S, with r = sqrt(delta) for delta >= 1e-3, else 0
+    pos = p >= 0  # the larger diagonal entry is a_00's
+    ap = torch.where(pos, p, -p)  # |p|, with the slope that abs lacks at p = 0 (where the gradient is +-S)
+    real = r > 0
+    big = ch + sh * ap  # e^-r (C + S |p|), no cancellation
+    # The rest of the smaller entry, less its e^-2r (added below as e^(alpha - r)); r + |p| > 0 where real.
+    small = torch.where(real, sh * bq / torch.where(real, r + ap, 1.0), ch - sh * ap)
+    # Each factor is finite; past the clamp, e^(alpha + r) times even the least subnormal overflows (underflows).
+    limit = 0.98 * math.log(torch.finfo(alpha.dtype).max)
+    f = ((alpha + r) / 3).clamp(-limit, limit).exp().unsqueeze(-1)
+    e_big, e01, e10, e_small = (torch.stack([big, sh * b, sh * q, small], -1) * f * f * f).unbind(-1)
+    e_small = e_small + torch.where(real, alpha - r, -math.inf).exp()
+    return torch.stack([torch.where(pos, e_big, e_small), e01, e10, torch.where(pos, e_small, e_big)],
+                       -1).unflatten(-1, (2, 2))
+
+
+def _scaled_cosh_sinhc(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(r, e^-r C(x), e^-r S(x)), ``_cosh_sinhc``'s C and S with their growth e^r taken out: r = sqrt x for
+    x >= 1e-3, where e^-r cosh r = 1 + expm1(-2r) / 2 and e^-r sinh(r) / r = -expm1(-2r) / (2r) lie in (0, 1] and
+    are exact to roundoff for any r; r = 0 below (cos and sin, or the series near 0)."""
+    small = x.abs() < _SERIES_BELOW
+    xs = torch.where(small, 1.0, x)  # keeps the unused branch finite
+    root = xs.abs().sqrt()
+    pos = xs > 0
+    em = torch.expm1(-2 * root)
+    c = torch.where(pos, 1 + 0.5 * em, torch.cos(root))
+    s = torch.where(pos, -0.5 * em, torch.sin(root)) / root
+    c = torch.where(small, _series_c(x), c)
+    s = torch.where(small, _series_s(x), s)
+    return torch.where(pos & ~small, root, 0.0), c, s
 
 
 def expm_frechet_apply(
@@ -230,20 +291,31 @@ class EigenTransportApply(TransportApply):
         return ((u.unsqueeze(1) * self.lam_powers) @ self.v_t).real
 
 
-def _cosh_sinhc(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """C(x) = cosh(sqrt x), S(x) = sinh(sqrt x) / sqrt x and S'(x) = (C - S) / (2 x), entire in x (for x < 0 they
-    are cos(sqrt -x), sin(sqrt -x) / sqrt -x); series near x = 0, where the closed forms lose digits."""
-    small = x.abs() < 1e-3
+def _series_c(x: Tensor) -> Tensor:
+    return 1 + x * (1 / 2 + x * (1 / 24 + x * (1 / 720 + x / 40320)))  # sum x^k / (2k)!
+
+
+def _series_s(x: Tensor) -> Tensor:
+    return 1 + x * (1 / 6 + x * (1 / 120 + x * (1 / 5040 + x / 362880)))  # sum x^k / (2k+1)!
+
+
+def _cosh_sinhc(x: Tensor, derivative: bool = True) -> tuple[Tensor, ...]:
+    """C(x) = cosh(sqrt x), S(x) = sinh(sqrt x) / sqrt x and (with ``derivative``) S'(x) = (C - S) / (2 x), entire in
+    x (for x < 0 they are cos(sqrt -x), sin(sqrt -x) / sqrt -x); series near x = 0, where the closed forms lose
+    digits."""
+    small = x.abs() < _SERIES_BELOW
     xs = torch.where(small, torch.ones_like(x), x)  # keeps the unused branch finite
     root = xs.abs().sqrt()
     pos = xs > 0
     c = torch.where(pos, torch.cosh(root), torch.cos(root))
     s = torch.where(pos, torch.sinh(root), torch.sin(root)) / root
-    ds = (c - s) / (2 * xs)
     # Series: C = sum x^k / (2k)!, S = sum x^k / (2k+1)!, S' = sum (k+1) x^k / (2k+3)!; |x| < 1e-3 makes the
     # first dropped terms ~1e-19 relative.
-    c = torch.where(small, 1 + x * (1 / 2 + x * (1 / 24 + x * (1 / 720 + x / 40320))), c)
-    s = torch.where(small, 1 + x * (1 / 6 + x * (1 / 120 + x * (1 / 5040 + x / 362880))), s)
+    if not derivative:
+        return torch.where(small, _series_c(x), c), torch.where(small, _series_s(x), s)
+    ds = (c - s) / (2 * xs)
+    c = torch.where(small, _series_c(x), c)
+    s = torch.where(small, _series_s(x), s)
     ds = torch.where(small, 1 / 6 + x * (1 / 60 + x * (1 / 1680 + x / 90720)), ds)
     return c, s, ds
 
@@ -275,7 +347,7 @@ class Closed2x2TransportApply(TransportApply):
 
     def __call__(self, z0: Tensor, c: Tensor) -> Tensor:
         alpha, p, b, q, delta = self._parts(c)
-        cc, s, _ = _cosh_sinhc(delta)
+        cc, s = _cosh_sinhc(delta, derivative=False)
         return torch.exp(alpha)[:, None] * (cc[:, None] * z0 + s[:, None] * self._n_times(p, b, q, z0))
 
     def with_jacobian(self, z0: Tensor, c: Tensor, tangent_tol: float | None = None) -> tuple[Tensor, Tensor]:

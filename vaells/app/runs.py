@@ -1,7 +1,8 @@
 """Run folders: what ``train.py`` leaves in one, and how ``evaluate.py`` finds its way back.
 
 A training run writes ``outputs/train/<experiment>/<model>/<date_time>/`` (``conf/train.yaml``) with
-``checkpoints/last.ckpt`` (after every epoch) and ``checkpoints/best-epoch=NNN.ckpt``. ``evaluate.py`` takes a
+``checkpoints/last.ckpt`` (after every epoch) and ``checkpoints/best-epochNNN.ckpt`` (runs written before it had
+that name: ``best-epoch=NNN.ckpt``, numbered from 0; both are found). ``evaluate.py`` takes a
 checkpoint, a run folder, or the folder of an experiment's runs of one model (its newest run), and writes into
 ``<run>/evaluations/<date_time>/``. A run that stops on a bad setting before training leaves no folder behind
 (``discard_failed_run``).
@@ -9,24 +10,31 @@ checkpoint, a run folder, or the folder of an experiment's runs of one model (it
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hydra.errors import CompactHydraException, InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pytorch_lightning import Trainer
+
+if TYPE_CHECKING:  # Lightning (and torch) load with a run, not with --help
+    from pytorch_lightning import Trainer
 
 log = logging.getLogger(__name__)
 
 #: The checkpoints a run folder offers by name (``checkpoint=`` of ``conf/evaluate.yaml``).
 CHECKPOINT_NAMES = ("last", "best")
+#: A run's best checkpoint: ``best-epochNNN.ckpt`` (``conf/callbacks/default.yaml``), or ``best-epoch=NNN.ckpt`` of
+#: runs written before; NNN is the epoch.
+BEST_CHECKPOINT = re.compile(r"best-epoch=?(\d+)")
 #: What Hydra itself writes into a run folder before the job starts: a folder that holds only these is
 #: nothing but the bookkeeping of a run that never trained.
-HYDRA_BOOKKEEPING = {".hydra", "train.log", "evaluate.log"}
+HYDRA_BOOKKEEPING = {".hydra", "train.log", "evaluate.log", "paths.log"}
 #: The marker left in a folder that held more than Hydra's bookkeeping when its run failed.
 FAILED_MARKER = "FAILED"
 
@@ -91,14 +99,19 @@ def run_folder(path: str | Path) -> Path:
 
 
 def _checkpoint_in(folder: Path, which: str) -> Path | None:
-    """``folder``'s ``last.ckpt`` or (``which="best"``) its ``best-epoch=NNN.ckpt``, or None."""
-    found = sorted(folder.glob("last.ckpt" if which == "last" else "best-epoch=*.ckpt"))
-    return found[-1] if found else None
+    """``folder``'s ``last.ckpt`` or (``which="best"``) its best checkpoint (``BEST_CHECKPOINT``; of several, the one
+    of the latest epoch), or None."""
+    if which == "last":
+        return folder / "last.ckpt" if (folder / "last.ckpt").is_file() else None
+    found = [(int(m.group(1)), p.name, p) for p in folder.glob("best-epoch*.ckpt")
+             if (m := BEST_CHECKPOINT.match(p.name))]
+    return max(found)[2] if found else None
 
 
 def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
     """The checkpoint file that ``path`` names: a file as it is; a run folder (or its ``checkpoints/``) ->
-    ``checkpoints/last.ckpt``, or with ``which="best"`` its ``best-epoch=NNN.ckpt``; a folder of runs, such as
+    ``checkpoints/last.ckpt``, or with ``which="best"`` its ``best-epochNNN.ckpt`` (or ``best-epoch=NNN.ckpt``, the
+    name of older runs); a folder of runs, such as
     ``outputs/train/<experiment>/<model>`` -> that checkpoint of its newest run (the one written last); ``last`` or
     ``best`` (where no such file exists) -> that checkpoint of the run folder that is the working directory. Raises
     ``UsageError`` naming the path and what the folder holds."""
@@ -181,7 +194,9 @@ def resumed_config(cfg: DictConfig, hydra_cfg: DictConfig) -> tuple[DictConfig, 
     resuming needs only the run. Its paths are moved to where the run folder is now. The command-line overrides
     other than ``ckpt_path`` must be among ``cfg.resume_overrides`` (what may change without changing the run,
     e.g. ``trainer.max_epochs`` to extend it), and take their value from this composition; others are refused
-    (``UsageError``)."""
+    (``UsageError``). They join the run record's overrides, so that an extended run says so (its summary in
+    ``train.log``, its ``metrics.json``). A run whose training is done (``training_done``) is refused too, unless
+    its final scoring is what is left: ``evaluate`` on and no ``metrics.json`` yet (a stop during that scoring)."""
     from vaells.app.builders import load_run  # the builders import the models; runs.py stays light for evaluate.py
 
     ckpt = resolve_checkpoint(cfg.ckpt_path)
@@ -195,12 +210,13 @@ def resumed_config(cfg: DictConfig, hydra_cfg: DictConfig) -> tuple[DictConfig, 
             "a new run."
         )
     try:
-        stored, _ = load_run(ckpt)
+        stored, checkpoint = load_run(ckpt)
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(f"ckpt_path={cfg.ckpt_path}: cannot resume from {ckpt}: {err}") from None
     stored = OmegaConf.to_container(stored)
     record = stored.pop("run", None) or saved_run_record(run_folder(ckpt)) or {"experiment": None, "model": None,
                                                                                "overrides": {}}
+    record = {**record, "overrides": {**record.get("overrides", {}), **given}}
     old_root = OmegaConf.select(OmegaConf.create(stored), "trainer.default_root_dir")
     if old_root:
         stored = _replace_prefix(stored, str(old_root), str(run_folder(ckpt)))
@@ -208,7 +224,56 @@ def resumed_config(cfg: DictConfig, hydra_cfg: DictConfig) -> tuple[DictConfig, 
     for key in given:
         OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
     resumed.ckpt_path = str(ckpt)
+    _refuse_finished_run(resumed, checkpoint, cfg.ckpt_path, ckpt)
     return resumed, record, ckpt
+
+
+def training_done(trainer_cfg: DictConfig, checkpoint: dict[str, Any]) -> tuple[str, int, int, int] | None:
+    """The limit that the training in ``checkpoint`` has reached under ``trainer_cfg``, as (key, its value, the
+    epochs or steps trained, the epochs that callbacks added), or None while training is left; as Lightning's
+    ``FitLoop.done`` decides after restoring it: the epochs whose training ended (``epoch_progress.current.processed``;
+    ``last.ckpt`` is written before ``completed`` counts the epoch) against ``max_epochs`` plus the epochs that
+    callbacks added to the run (``added_epochs`` in their state: ``vaells.training.monitors.WarmupFlowCheck``), and
+    the optimizer steps against ``max_steps``."""
+    loops = checkpoint.get("loops") or {}
+    if "fit_loop" not in loops:
+        return None  # not written by a Trainer's fit: nothing to compare
+    steps = int(checkpoint.get("global_step", 0))
+    max_steps = trainer_cfg.get("max_steps")
+    max_steps = -1 if max_steps is None else int(max_steps)
+    if max_steps >= 0 and steps >= max_steps:
+        return "trainer.max_steps", max_steps, steps, 0
+    max_epochs = trainer_cfg.get("max_epochs")
+    if max_epochs is None:  # Lightning's default: 1000 epochs, or no limit where max_steps is one
+        max_epochs = 1000 if max_steps == -1 else -1
+    epochs = int(loops["fit_loop"].get("epoch_progress", {}).get("current", {}).get("processed", 0))
+    added = sum(int(state.get("added_epochs", 0)) for state in (checkpoint.get("callbacks") or {}).values()
+                if isinstance(state, dict))
+    if int(max_epochs) >= 0 and epochs >= int(max_epochs) + added:
+        return "trainer.max_epochs", int(max_epochs), epochs, added
+    return None
+
+
+def _refuse_finished_run(cfg: DictConfig, checkpoint: dict[str, Any], given: str, ckpt: Path) -> None:
+    """``UsageError`` for a resume that would train nothing and only score the final model again over its
+    ``metrics.json``: it names the limit that was reached and the commands that do go on."""
+    done = training_done(cfg.trainer, checkpoint)
+    if done is None:
+        return
+    key, value, trained, added = done
+    run = run_folder(ckpt)
+    metrics = run / "metrics.json"
+    if cfg.get("evaluate") and not metrics.is_file():
+        log.info("the run's training is done (%s=%d): scoring its final model into %s", key, value, metrics)
+        return
+    unit = ("step" if key == "trainer.max_steps" else "epoch") + ("s" if trained != 1 else "")
+    limit = f"{key}={value}" + (f", and {added} more that its warm-up check added" if added else "")
+    scored = f"; {metrics} holds the scores of its final model" if metrics.is_file() else ""
+    raise UsageError(
+        f"ckpt_path={given}: this run already finished: it trained {trained} {unit} ({limit}){scored}. Nothing was "
+        f"changed. To train on, raise {key}: python train.py ckpt_path={ckpt} {key}={max(2 * value, trained + 1)}. "
+        f"To score it again (into {run / 'evaluations'}/): python evaluate.py ckpt_path={run}"
+    )
 
 
 def separate_rank_log() -> int:
@@ -317,3 +382,84 @@ def discard_failed_run(output_dir: str | Path, message: str, root: Path | None =
         return f"(stopped before any work; removed its folder {folder})"
     (folder / FAILED_MARKER).write_text(message + "\n")
     return f"(stopped before any work; the reason is in {folder / FAILED_MARKER})"
+
+
+# -- misspelt keys --------------------------------------------------------------------------------------
+def config_keys(cfg: DictConfig) -> list[str]:
+    """Every dotted key of ``cfg``, nodes and leaves, without resolving interpolations (list items excluded)."""
+    keys: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            keys.append(path)
+            if isinstance(value, dict):
+                walk(value, f"{path}.")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return keys
+
+
+def closest_keys(cfg: DictConfig, key: str, n: int = 3) -> list[str]:
+    """The keys of ``cfg`` that ``key`` (absent from it) most likely misspells, best first (``difflib``'s ratio):
+    close as dotted keys (``trainer.max_epoch`` -> ``trainer.max_epochs``), else by their last part (``max_epochs``
+    -> ``trainer.max_epochs``); only those nearly as close as the best. Hydra's own settings are offered only for a
+    key under ``hydra.``."""
+    candidates = [k for k in config_keys(cfg) if key.startswith("hydra.") or not k.startswith("hydra")]
+    for whole, cutoff in ((True, 0.8), (False, 0.85)):
+        part = (lambda k: k) if whole else (lambda k: k.rsplit(".", 1)[-1])
+        ratios = {k: difflib.SequenceMatcher(None, part(key), part(k)).ratio() for k in candidates}
+        scores = {k: r for k, r in ratios.items() if r >= cutoff}
+        if scores:
+            best = max(scores.values())
+            # trainer.max_epoch is trainer.max_epochs (0.97), not also trainer.max_steps (0.82)
+            return sorted((k for k, v in scores.items() if v >= best - 0.05), key=lambda k: -scores[k])[:n]
+    return []
+
+
+def misspelt_key_message(cfg: DictConfig, key: str, value: str) -> str:
+    """Why the override ``key=value`` of a key that ``cfg`` lacks was refused, and what to write instead: the
+    closest existing keys, or (none close) the keys of its nearest existing parent and how to add a new key."""
+    found = closest_keys(cfg, key)
+    if found:
+        options = " or ".join(f"{k}={value}" for k in found)
+        return f"Could not override '{key}': the config has no such key. Did you mean {options}?"
+    parent = key
+    while parent and not isinstance(OmegaConf.select(cfg, parent, throw_on_missing=False), DictConfig):
+        parent = parent.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else cfg
+    held = ", ".join(str(k) for k in node if parent or k != "hydra")
+    groups = "" if "." in key else " (--help lists the config groups, such as experiment=, and common overrides)"
+    return (f"Could not override '{key}': the config has no such key{groups}; {parent or 'the config'} holds: "
+            f"{held}. A key of your own is added with +{key}={value}, where whatever reads it accepts it.")
+
+
+def suggest_close_keys() -> None:
+    """Answer an override of a key the config lacks (``trainer.max_epoch=3``) with the closest existing keys
+    (``misspelt_key_message``: "Did you mean trainer.max_epochs=3?") instead of Hydra's advice to append it with
+    ``+``, which passes the misspelt key on (to the Trainer: a ``TypeError``). Hydra has no hook for this, so its
+    config loader's override step (hydra-core 1.3) is wrapped, once; where that step is not found, Hydra's own
+    message stays. Call before the ``@hydra.main`` function runs (train.py and evaluate.py do at import)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    step = ConfigLoaderImpl.__dict__.get("_apply_overrides_to_config")
+    if not isinstance(step, staticmethod) or getattr(step.__func__, "suggests_keys", False):
+        return
+    apply = step.__func__
+
+    def apply_with_suggestions(overrides: list, cfg: DictConfig) -> None:
+        for override in overrides:  # one at a time, as Hydra does, to know which one failed
+            try:
+                apply([override], cfg)
+            except ConfigCompositionException as err:
+                plain = not (override.is_delete() or override.is_add() or override.is_force_add())
+                if not plain or not isinstance(err.__cause__, ConfigAttributeError | ConfigKeyError):
+                    raise
+                key = override.key_or_group
+                value = (override.input_line or "").partition("=")[2] or override.get_value_element_as_str()
+                raise ConfigCompositionException(misspelt_key_message(cfg, key, value)) from None
+
+    apply_with_suggestions.suggests_keys = True
+    ConfigLoaderImpl._apply_overrides_to_config = staticmethod(apply_with_suggestions)

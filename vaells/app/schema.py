@@ -140,7 +140,8 @@ class ModelSchema:
     latent_dim: int = bound(">= 1", "d, the latent size", "2")
     num_operators: int = bound(">= 1", "M, the number of transport operators", "1")
     latent_scale: float = bound("> 0", "s, the encodings' scale")
-    noise_std: float = bound(">= 0", "sigma_eps, the posterior's latent noise")
+    noise_std: float = bound("> 0", "sigma_eps, the posterior's latent noise: the Gaussian terms of q(z|x) and p(z) "
+                             "divide by it", "1e-4")
     closest_anchor: bool = typed()
     warmup_coeff_scale: float = bound("> 0", "the Laplace scale during warm-up")
     post_warmup_lr_factor: float = bound("> 0", "the network learning rate's factor after warm-up")

@@ -4,10 +4,11 @@ how far it moved from its random start.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from vaells.transport import TransportOperator
 
@@ -54,3 +55,24 @@ def operator_metrics(transport: TransportOperator) -> dict[str, list]:
         "operator_reading": [r for r, _ in readings],
         "operator_eigenvalues": [[[float(v.real), float(v.imag)] for v in lam] for _, lam in readings],
     }
+
+
+def operator_controls(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The controls of a claim about the learned operators: copies of ``model`` that learned nothing in them,
+    with every other part (encoder, decoder, anchors) as trained.
+
+    - ``zero_psi``: Psi = 0, no transport at all: a path never moves and a posterior sample is its encoding
+      plus noise;
+    - ``init_psi``: Psi at its random initialisation (left out for checkpoints that predate the stored start).
+
+    A metric that a control scores as well as the model says nothing about what the operators learned
+    (docs/method.md §7)."""
+    controls = []
+    for name, psi in (("zero_psi", torch.zeros_like(model.transport.psi)), ("init_psi", model.transport.psi_init)):
+        if not bool(torch.isfinite(psi).all()):
+            continue
+        control = copy.deepcopy(model)
+        with torch.no_grad():
+            control.transport.psi.copy_(psi)
+        controls.append((name, control))
+    return controls

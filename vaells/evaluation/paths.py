@@ -5,10 +5,16 @@ The transport path from z0 to z1 is z_t = expm(t A(c_hat)) z0, t in [0, 1], with
 c_hat = argmin_c 1/2 ||z1 - T(c) z0||^2 + lambda ||c||_1 (eq. 7; docs/method.md §1.3); it ends at T(c_hat) z0,
 which is z1 where the operators can reach it. The linear path is z_t = (1 - t) z0 + t z1.
 
-- ``path_manifold_error`` (synthetic data): the mean distance of the decoded points of the transport paths between
-  random same-class test pairs to the dense noiseless manifold (``comparison.nearest_distance``, as for
-  ``prior_manifold_error``); ``linear_path_manifold_error`` the same for the linear paths between the same
-  encodings.
+- ``path_manifold_error`` (synthetic data): over random same-class test pairs, how far from the dense noiseless
+  manifold (``comparison.nearest_distance``) the decoded journey from z0 to z1 runs: the transport path, then,
+  where it stops short, the straight line from its end to z1, each weighted by its latent length. A path that
+  arrives is scored alone; a path that never moves scores exactly as the linear path, so it cannot win.
+  ``linear_path_manifold_error`` is the same for the linear paths between the same encodings. Controls:
+  ``_zero_psi`` and ``_init_psi``, the transport paths' score with Psi = 0 and with Psi at its initialisation
+  (``operators.operator_controls``).
+- ``path_endpoint_error`` (synthetic data): the median over pairs of ||z_end - z1|| / ||z1 - z0||, how far the
+  transport path's end is from its target relative to the distance it had to go; 0 for the linear paths
+  (``linear_path_endpoint_error``), 1 for a path that never moves. With its controls as above.
 - ``path_rotation_match`` (rotated MNIST): the paths from upright test digits to the same digits rotated by 90
   degrees; the mean Pearson correlation of each intermediate frame t with the digit truly rotated by t * 90
   degrees (``vaells.data.mnist.rotate``); ``linear_path_rotation_match`` the same for the linear paths.
@@ -24,6 +30,7 @@ from torch import Tensor, nn
 from vaells.data.mnist import rotate
 from vaells.evaluation.common import decode_chunked, encode_chunked, evaluating, pearson, seeded_pick
 from vaells.evaluation.comparison import nearest_distance
+from vaells.evaluation.operators import operator_controls
 from vaells.evaluation.rotation import coefficient_span
 from vaells.inference import CoefficientSolver
 from vaells.models.base import has_operators
@@ -100,18 +107,43 @@ def manifold_error(points: Tensor, manifold: Tensor) -> float:
     return float(nearest_distance(points.reshape(-1, points.shape[-1]), manifold).mean())
 
 
+def path_scores(model: nn.Module, path: Tensor, z1: Tensor, manifold: Tensor) -> dict[str, float]:
+    """``manifold_error`` and ``endpoint_error`` (see the module's docstring) of latent paths (T, P, d) that were
+    meant to reach z1 (P, d), against the noiseless ``manifold`` (M, D).
+
+    The manifold error scores the whole journey to z1: the path, then the straight line from its end to z1
+    (T points each), weighted by their latent lengths. A path that arrives is scored alone; a path that never
+    moves scores exactly as the linear path; in between, the straight remainder counts as far as it is long.
+    """
+    steps, pairs, d = path.shape
+    rest = linear_interpolation(path[-1], z1.to(path.dtype), steps)  # (T, P, d): the straight completion
+    legs = torch.stack([path, rest])  # (2, T, P, d)
+    decoded = decode_chunked(model, legs.reshape(-1, d))
+    off = nearest_distance(decoded, manifold).view(2, steps, pairs).mean(1)  # (2, P): each leg's mean distance
+    length = (legs[:, 1:] - legs[:, :-1]).double().norm(dim=-1).sum(1)  # (2, P)
+    weight = torch.where(length.sum(0) > 0, length / length.sum(0).clamp_min(1e-300), torch.tensor([[1.0], [0.0]]))
+    z0, z1 = path[0].double(), z1.double()
+    relative = (path[-1].double() - z1).norm(dim=-1) / (z1 - z0).norm(dim=-1).clamp_min(1e-12)
+    return {"manifold_error": float((weight * off).sum(0).mean()), "endpoint_error": float(relative.median())}
+
+
 def path_manifold_errors(model: nn.Module, x: Tensor, labels: Tensor, manifold: Tensor, *, num_pairs: int = 100,
                          num_steps: int = 10, seed: int = 0) -> dict[str, float]:
-    """``path_manifold_error`` and ``linear_path_manifold_error`` over ``num_pairs`` random same-class pairs of the
-    inputs x (N, D) with labels (N,), against the noiseless ``manifold`` (M, D)."""
+    """``path_manifold_error``, ``path_endpoint_error``, their linear-path comparisons and their Psi controls over
+    ``num_pairs`` random same-class pairs of the inputs x (N, D) with labels (N,), against the noiseless
+    ``manifold`` (M, D)."""
     i0, i1 = same_label_pairs(labels, num_pairs, torch.Generator().manual_seed(seed))
-    with evaluating(model, seed):
-        z0, z1 = encode_chunked(model, x[i0]), encode_chunked(model, x[i1])
-        transport, _ = transport_interpolation(model, z0, z1, num_steps)
-        linear = linear_interpolation(z0, z1, num_steps)
-        decoded = {name: decode_chunked(model, path.reshape(-1, path.shape[-1]))
-                   for name, path in (("path", transport), ("linear_path", linear))}
-    return {f"{name}_manifold_error": manifold_error(points, manifold) for name, points in decoded.items()}
+    out = {}
+    for suffix, scored in (("", model), *((f"_{name}", control) for name, control in operator_controls(model))):
+        with evaluating(scored, seed):
+            z0, z1 = encode_chunked(scored, x[i0]), encode_chunked(scored, x[i1])
+            paths = {"path": transport_interpolation(scored, z0, z1, num_steps)[0]}
+            if not suffix:
+                paths["linear_path"] = linear_interpolation(z0, z1, num_steps)
+            for name, path in paths.items():
+                scores = path_scores(scored, path, z1, manifold)
+                out |= {f"{name}_{key}{suffix}": value for key, value in scores.items()}
+    return out
 
 
 def path_rotation_matches(model: nn.Module, digits: Tensor, *, angle: float = 90.0, num_steps: int = 7,

@@ -13,7 +13,7 @@ from torch import nn
 from vaells.data.base import AnchoredDataModule
 from vaells.data.mnist import MNISTDataModule, RotatedMNISTDataModule
 from vaells.evaluation.classifier import cached_classifier, predict
-from vaells.evaluation.common import dataset_tensors, seeded_pick
+from vaells.evaluation.common import dataset_tensors, evaluating, seeded_pick
 from vaells.evaluation.comparison import comparative_metrics
 from vaells.evaluation.latent import continuity, knn_accuracy, trustworthiness
 from vaells.evaluation.likelihood import split_log_likelihood
@@ -39,6 +39,39 @@ def training_record(callback_states: dict[str, dict]) -> dict[str, list]:
     return out
 
 
+
+def _warmup_batches(model: nn.Module, callback_states: dict[str, dict] | None) -> int:
+    """The warm-up batches of ``model``'s run: its schedule's, plus the fresh warm-ups ``WarmupFlowCheck`` added,
+    which its saved state holds (``callback_states``, a checkpoint's ``callbacks``) and which are already in the
+    schedule of the model that trained them (``callback_states`` None)."""
+    added = sum(int(state.get("added_batches", 0)) for key, state in (callback_states or {}).items()
+                if "WarmupFlowCheck" in key)
+    return int(model.schedule.warmup_steps) + added
+
+
+def vaells_record(model: nn.Module, callback_states: dict[str, dict] | None = None) -> dict[str, int]:
+    """``vaells_batches``: the batches a model with transport operators trained after its warm-up, in the VAELLS
+    phases of docs/method.md §2 ({} for other models). 0: the run ended inside its warm-up, the operators were
+    never stepped, and every operator metric describes Psi at its random initialisation. ``model`` is the one that
+    trained, or (with its checkpoint's ``callbacks`` as ``callback_states``) one restored from a checkpoint with
+    ``on_load_checkpoint``, which sets its batch counter."""
+    if not has_operators(model) or getattr(model, "schedule", None) is None:
+        return {}
+    return {"vaells_batches": max(0, int(model.batch_counter) - _warmup_batches(model, callback_states))}
+
+
+def warmup_only_message(model: nn.Module, callback_states: dict[str, dict] | None = None) -> str | None:
+    """What to say of a model with operators whose run ended inside its warm-up (``vaells_batches`` 0), else None."""
+    if vaells_record(model, callback_states).get("vaells_batches") != 0:
+        return None
+    warmup = _warmup_batches(model, callback_states)
+    return (f"The VAELLS phase never began: training ended after {model.batch_counter} batches, inside the warm-up "
+            f"of {warmup} batches (the autoencoder alone; docs/method.md §2). The operators were never trained: "
+            "the operator metrics (operator_drift 0, operator_norm, ...) describe Psi at its random initialisation. "
+            f"Train for more than {warmup} batches (trainer.max_epochs, resuming with ckpt_path=RUN "
+            "trainer.max_epochs=N) or shorten model.schedule.warmup_steps.")
+
+
 @torch.no_grad()
 def encode_split(model: nn.Module, loader) -> dict[str, torch.Tensor]:
     """Latent locations of a whole split, with its labels and (synthetic data) true coordinates."""
@@ -61,8 +94,9 @@ def evaluate_model(
     ll_samples: int = 100,
     ll_seed: int = 0,
 ) -> dict:
-    """mse (per dimension, from a posterior sample), elbo (the negative training objective without regularisers
-    of parameters; for VAELLS the release's "ELBO" metric), and the latent-structure metrics the data allows:
+    """mse (per dimension, from a posterior sample drawn with seed 0), elbo (the negative training objective
+    without regularisers of parameters, from the same sample; for VAELLS the release's "ELBO" metric), and the
+    latent-structure metrics the data allows:
     knn_accuracy (k = 5, labelled data), trustworthiness and continuity (k = 10, against true coordinates);
     the image metrics of ``vaells.evaluation.rotation``; the comparative metrics of
     ``vaells.evaluation.comparison`` (the prior's fit to the manifold, the rotation share at matched
@@ -73,13 +107,16 @@ def evaluate_model(
     model.eval()
     dm.setup("test")
     sq_err, elbo, n = 0.0, 0.0, 0
-    for batch in track(dm.test_dataloader(), "test split: mse, elbo (batches)"):
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        scores = model.batch_scores(batch)
-        out_b = batch["x"].shape[0]
-        sq_err += float(scores["mse"]) * out_b
-        elbo += float(scores["elbo"]) * out_b
-        n += out_b
+    # Seeded like every other sampled metric: train.py scores its model after training has moved the global RNG,
+    # evaluate.py after building one, and the posterior samples of mse and elbo must not depend on which.
+    with evaluating(model, seed=0):
+        for batch in track(dm.test_dataloader(), "test split: mse, elbo (batches)"):
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            scores = model.batch_scores(batch)
+            out_b = batch["x"].shape[0]
+            sq_err += float(scores["mse"]) * out_b
+            elbo += float(scores["elbo"]) * out_b
+            n += out_b
     metrics: dict[str, float | str | list] = {"mse": sq_err / n, "elbo": elbo / n, "num_test": n}
     if has_operators(model):
         metrics |= {"num_operators": model.transport.num_operators} | operator_metrics(model.transport)

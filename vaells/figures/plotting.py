@@ -12,6 +12,7 @@ samples, paths), so they land in the same frame.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 BACKGROUND = {"s": 6, "color": "0.65", "alpha": 0.6, "linewidths": 0, "zorder": 1}
 ANCHOR = {"marker": "*", "s": 260, "edgecolors": "black", "linewidths": 1.2, "zorder": 5}
@@ -76,11 +78,12 @@ def project_2d(reference: Any) -> Projection:
     return Projection(mean, basis * np.where(signs == 0, 1.0, signs), ("PC1", "PC2"))
 
 
-def _panels(num: int, ncols: int, panel_size: float = 3.2) -> tuple[Figure, list[Axes]]:
-    """A figure with ``num`` axes on a grid of at most ``ncols`` columns; the unused cells are removed."""
+def _panels(num: int, ncols: int, panel_size: float = 3.2, min_width: float = 0.0) -> tuple[Figure, list[Axes]]:
+    """A figure with ``num`` axes on a grid of at most ``ncols`` columns, at least ``min_width`` inches wide (room
+    for a title and legend over one column); the unused cells are removed."""
     ncols = max(1, min(ncols, num))
     nrows = math.ceil(num / ncols)
-    fig = Figure(figsize=(panel_size * ncols, panel_size * nrows), layout="constrained")
+    fig = Figure(figsize=(max(panel_size * ncols, min_width), panel_size * nrows), layout="constrained")
     axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
     for ax in axes[num:]:
         ax.remove()
@@ -175,14 +178,16 @@ def operator_orbits(
     *,
     start_index: int = 0,
     titles: Sequence[str] | None = None,
+    title: str | None = None,
     projection: Projection | None = None,
     ncols: int = 4,
 ) -> Figure:
     """Orbits of the learned operators over the encoded latents, as in Fig. 3a.
 
     orbits (M, S, T, d): for operator m and start s, the points expm(t_j Psi_m) z0_s along T times. One
-    panel per operator; each orbit is a line with a circle on the start point z0 (``orbits[:, :, start_index]``,
-    the t = 0 point) and an arrowhead on its last step, showing the direction of increasing t.
+    panel per operator (``titles``), under the figure's ``title``; each orbit is a line with a circle on the
+    start point z0 (``orbits[:, :, start_index]``, the t = 0 point) and an arrowhead on its last step, showing
+    the direction of increasing t, which the figure's legend says.
     """
     o = to_numpy(orbits)
     if o.ndim != 4:
@@ -190,7 +195,7 @@ def operator_orbits(
     proj = projection or project_2d(background_z)
     bg, o2 = proj(background_z), proj(o)  # (N, 2), (M, S, T, 2)
     num_ops, num_starts = o2.shape[:2]
-    fig, axes = _panels(num_ops, ncols)
+    fig, axes = _panels(num_ops, ncols, min_width=LEGEND_WIDTH)
     colours = _palette(num_starts)
     for m, ax in enumerate(axes):
         ax.scatter(bg[:, 0], bg[:, 1], **BACKGROUND)
@@ -204,7 +209,34 @@ def operator_orbits(
         ax.scatter(starts[:, 0], starts[:, 1], s=40, color=colours, edgecolors="black", zorder=5)
         _frame(ax, proj, bg, o2[m])
         ax.set_title(titles[m] if titles is not None else f"operator {m + 1}")
+    # Proxy artists: the marks are the same in every panel, so one legend for the figure says what they mean.
+    handles = [Line2D([], [], color="0.3", lw=1.5, label="orbit; the arrow points to increasing t"),
+               Line2D([], [], ls="", marker="o", ms=7, mfc="white", mec="black", label="start z0 (t = 0)")]
+    _figure_legend(fig, handles)
+    _suptitle(fig, title)
     return fig
+
+
+def _suptitle(fig: Figure, title: str | None) -> None:
+    """``title`` over the figure, its lines wrapped to the figure's width (a one-panel figure is narrow); keep
+    mathtext free of spaces so that no line breaks inside it."""
+    if not title:
+        return
+    width = max(24, int(fig.get_figwidth() * 72 / 5.5))  # characters of about 5.5 pt in a medium font
+    lines = [textwrap.fill(line, width, break_long_words=False) for line in title.splitlines()]
+    fig.suptitle("\n".join(lines), fontsize="medium")
+
+
+#: The least width of a figure with a legend and title below and above its panels (``_panels``' ``min_width``).
+LEGEND_WIDTH = 4.8
+
+
+def _figure_legend(fig: Figure, handles: list[Line2D]) -> None:
+    """One legend below every panel (the marks mean the same in each), its entries side by side where the figure
+    is wide enough."""
+    side_by_side = fig.get_figwidth() >= 6.0
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles) if side_by_side else 1,
+               fontsize="small", frameon=False)
 
 
 def prior_samples(
@@ -244,14 +276,16 @@ def transport_paths(
     *,
     targets: Any = None,
     titles: Sequence[str] | None = None,
+    title: str | None = None,
     projection: Projection | None = None,
     ncols: int = 4,
 ) -> Figure:
-    """Transport paths between pairs of encoded points, as in Fig. 3c-d: one panel per path.
+    """Transport paths between pairs of encoded points, as in Fig. 3c-d: one panel per path (``titles``), under
+    the figure's ``title``.
 
     paths (P, T, d) run z_t = expm(t sum_m c*_m Psi_m) z0 for t in [0, 1]. As in the paper, a cyan circle marks
     the start z0 and a red x the desired end: ``targets`` (P, d) when given (so a path that misses its target
-    shows it), else the path's last point.
+    shows it), else the path's last point; the figure's legend says which.
     """
     pth = to_numpy(paths)
     if pth.ndim != 3:
@@ -259,7 +293,7 @@ def transport_paths(
     proj = projection or project_2d(background_z)
     bg, p2 = proj(background_z), proj(pth)  # (N, 2), (P, T, 2)
     ends = proj(targets) if targets is not None else p2[:, -1]
-    fig, axes = _panels(p2.shape[0], ncols)
+    fig, axes = _panels(p2.shape[0], ncols, min_width=LEGEND_WIDTH)
     for i, ax in enumerate(axes):
         ax.scatter(bg[:, 0], bg[:, 1], **BACKGROUND)
         ax.plot(p2[i, :, 0], p2[i, :, 1], "-", color="black", lw=1.5, marker=".", ms=4, zorder=3)
@@ -267,6 +301,12 @@ def transport_paths(
         ax.scatter(ends[i, 0], ends[i, 1], s=90, marker="x", color="red", linewidths=2.5, zorder=5)
         _frame(ax, proj, bg, np.concatenate([p2[i], ends[i : i + 1]]))
         ax.set_title(titles[i] if titles is not None else f"path {i + 1}")
+    end = "target (where the path should end)" if targets is not None else "end (t = 1)"
+    handles = [Line2D([], [], color="black", lw=1.5, marker=".", ms=4, label="path, t from 0 to 1"),
+               Line2D([], [], ls="", marker="o", ms=9, mfc="cyan", mec="black", label="start (t = 0)"),
+               Line2D([], [], ls="", marker="x", ms=9, mew=2.5, color="red", label=end)]
+    _figure_legend(fig, handles)
+    _suptitle(fig, title)
     return fig
 
 

@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 class ModelBase(pl.LightningModule):
     """The batch counter, the stored run config and the fault handling of every model.
 
-    Faults: a step whose loss or gradients are not finite is skipped (no optimizer step, no parameter change;
-    ``skip_step``), counted as ``train/skipped_steps``; after ``max_consecutive_skips`` skips in a row training
-    stops (``TrainingStopped``). Under DDP the decision is taken for all ranks at once (``any_rank``). A checkpoint
-    with a non-finite parameter or optimizer state is refused.
+    Faults: a step whose loss or gradients are not finite, or whose latent points are (``NonFiniteLatent``: a NaN
+    in the batch), is skipped (no optimizer step, no parameter change; ``skip_step``), counted as
+    ``train/skipped_steps``; after ``max_consecutive_skips`` skips in a row training stops (``TrainingStopped``).
+    Under DDP the decision is taken for all ranks at once (``any_rank``). A checkpoint with a non-finite parameter
+    or optimizer state is refused.
 
     Exact resume: every checkpoint holds the torch, numpy and Python random states that ``training_step`` draws
     from (posterior samples, solver restarts); a resumed run sets them just before its first batch, after
@@ -76,6 +77,12 @@ class ModelBase(pl.LightningModule):
                 f"non-finite value reached the parameters or a checkpoint. Resume with the same settings: python "
                 f"train.py ckpt_path={root / 'checkpoints' / 'last.ckpt'} ; or start a new run that {LOWER_LR_HINT}."
             )
+
+    def skip_nonfinite_latent(self, error: NonFiniteLatent) -> None:
+        """Skip (``skip_step``) a step whose latent points are not finite, found before its loss exists. The other
+        ranks take the same decision in ``skip_if_nonfinite``, whose one ``any_rank`` this call matches."""
+        self.any_rank(True)
+        self.skip_step(str(error))
 
     def skip_if_nonfinite(self, terms: dict[str, Tensor]) -> bool:
         """Skip (``skip_step``) when a loss term is not finite on any rank; returns whether it did."""
@@ -168,6 +175,21 @@ class ModelBase(pl.LightningModule):
 
 class TrainingStopped(FloatingPointError):
     """Training stopped: too many consecutive steps were skipped for non-finite losses or gradients."""
+
+
+class NonFiniteLatent(FloatingPointError):
+    """A latent point of a step (an encoding, an encoded anchor, a posterior sample) holds a NaN or an inf: a NaN
+    in the batch's inputs, or an overflow. Coefficient inference needs finite points (``vaells.inference``), so a
+    training step skips the batch before it (``ModelBase.skip_nonfinite_latent``); elsewhere it is an error."""
+
+
+def check_latents(**points: Tensor) -> None:
+    """Raise ``NonFiniteLatent`` naming the given latent points that hold a NaN or an inf (one device sync)."""
+    finite = torch.stack([torch.isfinite(v).all() for v in points.values()])
+    if not bool(finite.all()):
+        bad = [name for name, ok in zip(points, finite.tolist(), strict=True) if not ok]
+        raise NonFiniteLatent(f"non-finite latent point(s) {bad} (NaN or inf): a NaN or inf in the batch's inputs, "
+                              "or an encoder or transport overflow")
 
 
 def nonfinite_tensors(tree: Any, prefix: str = "") -> list[str]:

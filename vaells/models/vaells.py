@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from vaells.distributions import AnchorPrior, TransportPosterior
 from vaells.inference import CoefficientSolver, InferenceResult, infer_jointly, restart_inits
 from vaells.models.importance import ImportanceSamples, LatentDensities, importance_samples, importance_terms
-from vaells.models.module import ModelBase
+from vaells.models.module import ModelBase, NonFiniteLatent, check_latents
 from vaells.models.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
 from vaells.objectives import (
     ForwardTerms,
@@ -48,7 +48,7 @@ class VAELLSModule(ModelBase):
         weights: the role-named loss weights; ``1 / weights.post_l1`` is the posterior Laplace scale b.
         latent_dim, num_operators: d and M, checked against the injected modules.
         latent_scale: s; encodings are divided by it before any transport operation (docs/method.md §1).
-        noise_std: sigma_eps, the posterior's latent noise.
+        noise_std: sigma_eps > 0, the posterior's latent noise; the Gaussian terms of q and p divide by it.
         closest_anchor: use only the lowest-energy anchor in the prior.
         warmup_coeff_scale: Laplace scale during warm-up (the release: 0.01, with no latent noise).
         post_warmup_lr_factor: the network learning rate is multiplied by this once, when warm-up ends.
@@ -93,8 +93,14 @@ class VAELLSModule(ModelBase):
                 f"the transport operator has d={transport.latent_dim}, M={transport.num_operators} but the model "
                 f"config says model.latent_dim={latent_dim}, model.num_operators={num_operators}"
             )
-        if latent_scale <= 0 or noise_std < 0 or weights.post_l1 <= 0:
-            raise ValueError("model.latent_scale and model.weights.post_l1 must be > 0 and model.noise_std >= 0")
+        for name, value, why, example in (
+            ("model.latent_scale", latent_scale, "s divides the encodings", "1.0"),
+            ("model.noise_std", noise_std, "sigma_eps divides the Gaussian terms of q(z|x) and p(z), docs/method.md §3",
+             "1e-4"),
+            ("model.weights.post_l1", weights.post_l1, "1 / post_l1 is the posterior's Laplace scale b", "1.0"),
+        ):
+            if not value > 0:  # also refuses NaN
+                raise ValueError(f"{name}={value} must be > 0 ({why}); e.g. {name}={example}")
         # Screening drops all but each sample's best anchors midway: right for a prior that keeps only the closest
         # anchor, wrong for the mixture over all of them, and meaningless for the posterior's one pair per sample.
         if getattr(prior_solver, "screen_after", None) is not None and not closest_anchor:
@@ -248,8 +254,12 @@ class VAELLSModule(ModelBase):
         x = batch["x"]
         mu = self.encode(x)
         anchors = self.batch_anchors(batch)
-        posterior = TransportPosterior(mu, self.transport, self.coeff_scale, self.noise_std, self.posterior_solver)
+        # Checked here rather than by the distribution: a training step skips a batch with a NaN (bad data, an
+        # overflow) instead of stopping, and the solvers below need finite points.
+        posterior = TransportPosterior(mu, self.transport, self.coeff_scale, self.noise_std, self.posterior_solver,
+                                       validate_args=False)
         z, c = posterior.rsample_with_coefficients()
+        check_latents(mu=mu, anchors=anchors, z=z)
         # The sampled c is an excellent start for c_hat(mu -> z): z - T(c) mu is just the noise.
         starts = restart_inits(c.shape[:-1], c.shape[-1], self.posterior_solver.restarts, dtype=c.dtype,
                                device=c.device)
@@ -303,15 +313,21 @@ class VAELLSModule(ModelBase):
         self._log_stage(step, phase)
         opt_net.zero_grad()
         opt_psi.zero_grad()
-        if phase == WARMUP:
-            out, weights, terms = None, None, {"recon": self._warmup_loss(batch)}
-            loss = terms["recon"]
+        try:
+            if phase == WARMUP:
+                out, weights, terms = None, None, {"recon": self._warmup_loss(batch)}
+                loss = terms["recon"]
+            else:
+                weights = self.schedule.weights(self.weights, phase)
+                out = self.forward_terms(batch, weights)
+                terms = out.terms
+                loss = terms["loss"]
+        except NonFiniteLatent as err:  # found before the loss exists: nothing to backpropagate
+            self.skip_nonfinite_latent(err)
+            skipped = True
         else:
-            weights = self.schedule.weights(self.weights, phase)
-            out = self.forward_terms(batch, weights)
-            terms = out.terms
-            loss = terms["loss"]
-        if not self._skip_nonfinite(terms, loss):
+            skipped = self._skip_nonfinite(terms, loss)
+        if not skipped:
             self.consecutive_skips = 0
             if phase in (WARMUP, NET, JOINT):
                 self._step_networks(opt_net)
@@ -358,7 +374,9 @@ class VAELLSModule(ModelBase):
     def _warmup_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Autoencoder-only warm-up: a small Laplace scale, no latent noise, the recon term alone."""
         x = batch["x"]
-        z = TransportPosterior(self.encode(x), self.transport, self.warmup_coeff_scale, 0.0).rsample()
+        mu = self.encode(x)
+        check_latents(mu=mu)  # a NaN batch is skipped (``training_step``), not refused by the distribution
+        z = TransportPosterior(mu, self.transport, self.warmup_coeff_scale, 0.0).rsample()
         return self.weights.recon * reconstruction_error(x, self.decode(z)).mean()
 
     def _step_operators(self, opt_psi, out: ForwardTerms, weights: LossWeights, terms: dict, step: int) -> None:

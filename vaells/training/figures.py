@@ -262,8 +262,10 @@ class LatentFigures(pl.Callback):
             c = pl_module.infer_coefficients(z0, z1)  # (P, M)
             paths = transport.path(z0, c, num_steps=self.path_steps).transpose(0, 1)  # (P, T, d)
             titles = [f"path {k + 1}, |c|_1 = {float(c[k].abs().sum()):.3g}" for k in range(c.shape[0])]
+            title = (r"Transport paths $z_t=\mathrm{expm}(t\sum_mc_m\Psi_m)z_0$ between pairs of encoded points "
+                     "(of one class where labelled), c inferred from the pair")
             figs["paths"] = plotting.transport_paths(z_cpu, paths.cpu(), targets=z1.cpu(), titles=titles,
-                                                     projection=proj)
+                                                     title=title, projection=proj)
         return figs
 
     def _anchors(
@@ -290,8 +292,15 @@ class LatentFigures(pl.Callback):
             transport.orbit(starts, m, torch.linspace(-t, t, steps, dtype=torch.float64)).transpose(0, 1).cpu()
             for m, t in enumerate(t_max.tolist())
         ])  # (M, S, T, d)
-        titles = [f"operator {m + 1}, |t| <= {t:.3g}" for m, t in enumerate(t_max.tolist())]
-        return plotting.operator_orbits(z.cpu(), orbits, start_index=steps // 2, titles=titles, projection=proj)
+        titles = [f"operator {m + 1}: t from -{t:.3g} to {t:.3g}" for m, t in enumerate(t_max.tolist())]
+        # The span alone (e.g. 173) puzzles without its rule: small learned operators need a large t to move.
+        span = ("the span of t is callbacks.latent_figures.orbit_t_max" if self.orbit_t_max is not None else
+                "the span of t is set per operator to show one and a half turns (growth at most e^3): a small "
+                "operator needs a large t")
+        title = (rf"Orbits $\mathrm{{expm}}(t\Psi_m)z_0$ of each operator m from {starts.shape[0]} encoded points z0"
+                 f"\n{span}")
+        return plotting.operator_orbits(z.cpu(), orbits, start_index=steps // 2, titles=titles, title=title,
+                                        projection=proj)
 
     def _same_label_pairs(self, labels: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
         """``num_paths`` random (start, end) index pairs that share a label where possible (seeded)."""

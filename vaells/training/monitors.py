@@ -220,7 +220,7 @@ def _extend(trainer: pl.Trainer, epochs: int) -> None:
 
 class ValidateLastEpoch(Callback):
     """Validate at the last epoch too, whatever ``trainer.check_val_every_n_epoch`` says, so that every run ends
-    with a validation: its best checkpoint (``best-epoch=NNN.ckpt``) exists and has seen the final model.
+    with a validation: its best checkpoint (``best-epochNNN.ckpt``) exists and has seen the final model.
 
     Lightning decides per epoch whether ``(epoch + 1) % check_val_every_n_epoch == 0``; at the start of the last
     epoch the interval is set to 1 for that epoch.
