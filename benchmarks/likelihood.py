@@ -1,8 +1,9 @@
 """Benchmark: VAELLS's importance-sampled log-likelihood (docs/method.md §3), the project's batched estimator against
 a per-point loop written the authors' way, on identical samples in the same run.
 
-The project's path is the one ``log_likelihood`` takes (``VAELLSModule.log_weights``: ``importance_samples`` then
-``importance_terms``), a chunk of points at a time, every (point, sample, anchor, start) in one batched inference.
+The project's path is the release's recipe as ``log_likelihood_release_recipe`` takes it
+(``VAELLSModule.release_terms``: ``importance_samples`` then ``importance_terms``), a chunk of points at a time,
+every (point, sample, anchor, start) in one batched inference.
 The reference takes one test point at a time, decodes its K samples, solves each posterior and prior coefficient
 problem on its own with scipy CG (``vaells.reference.reference_log_weights``: the release's solver, at most 50
 iterations), from the same samples and the same starts. Both run on one CPU thread. The reference runs on the
@@ -88,8 +89,7 @@ def run_project(model, points: dict, k: int, chunk: int) -> tuple[float, torch.T
         part = {"labels": None if labels is None else labels[i:i + chunk],
                 "anchors": None if anchors is None else anchors[i:i + chunk]}
         start = time.perf_counter()
-        samples = model.importance_samples(x[i:i + chunk], k, **part)
-        terms = model.importance_terms(x[i:i + chunk], samples)
+        samples, terms = model.release_terms(x[i:i + chunk], k, **part)
         log_w = terms["log_lik"] + terms["log_prior"] - terms["log_posterior"]  # (chunk, K)
         lls.append(log_mean_exp(log_w))
         elapsed += time.perf_counter() - start

@@ -281,6 +281,6 @@ def test_evaluate_a_short_run(experiment, data_override, num_test, structure_key
     assert math.isfinite(metrics["log_likelihood"]) and metrics["log_likelihood_stderr"] > 0
     # num_test comes from the run's own config (the override above), not from conf/data defaults
     assert metrics["num_test"] == num_test
-    for key in ["mse", "elbo", *structure_keys]:
+    for key in ["mse", "sample_mse", "vaells_objective", *structure_keys]:
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
     assert "mse" in stdout

@@ -146,7 +146,7 @@ def test_two_seeds_agree_within_their_standard_errors_and_leave_the_random_state
 
 def test_progress_logs_plain_lines_off_a_terminal(caplog) -> None:
     model = LinearGaussian()
-    with caplog.at_level(logging.INFO, logger="vaells.training.progress"):
+    with caplog.at_level(logging.INFO, logger="vaells.evaluation.progress"):
         log_likelihood(model, _data(model, 30), 4, points_per_chunk=3, progress=True)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("log-likelihood")]
     assert lines[0] == "log-likelihood, 30 points x K=4 ..."
@@ -173,12 +173,15 @@ def _vaells(tmp_path: Path, *overrides: str):
 def test_vaells_log_weights_are_batched_and_finite(tmp_path: Path) -> None:
     model, dm = _vaells(tmp_path)
     batch = draw_test_points(dm, 6, seed=0)
-    log_w = model.log_weights(batch["x"], 5, labels=batch["label"])
+    log_w = model.log_weights(batch["x"], 5)  # the bound: no labels
     assert log_w.shape == (6, 5) and log_w.dtype == torch.float64 and bool(torch.isfinite(log_w).all())
+    release = model.release_log_weights(batch["x"], 5, labels=batch["label"])
+    assert release.shape == (6, 5) and bool(torch.isfinite(release).all())
     with pytest.raises(ValueError, match="labels"):
-        model.log_weights(batch["x"], 5)
+        model.release_log_weights(batch["x"], 5)
     result = split_log_likelihood(model, dm, num_points=9, num_samples=4, seed=0, progress=False)
     assert result["log_likelihood_points"] == 9 and math.isfinite(result["log_likelihood_stderr"])
+    assert math.isfinite(result["log_likelihood_release_recipe"])
 
 
 def _project_solver(solver):
@@ -200,8 +203,7 @@ def test_vaells_terms_are_the_per_point_formula_at_the_same_samples(closest_anch
                         f"model.closest_anchor={closest_anchor}")
     batch = draw_test_points(dm, 3, seed=1)
     torch.manual_seed(0)
-    samples = model.importance_samples(batch["x"], 4, labels=batch["label"])
-    terms = model.importance_terms(batch["x"], samples)
+    samples, terms = model.release_terms(batch["x"], 4, labels=batch["label"])
     assert samples.anchors.shape == (3, 3, 2) and samples.prior_init.shape == (3, 4, 3, 2, 4)
     with torch.no_grad():
         x_hat = model.decode(samples.z.flatten(0, 1)).view(3, 4, -1)

@@ -230,6 +230,42 @@ def test_rotation_metrics_pass_for_a_rotation_and_fail_without_one(mnist_root: P
     assert set(good) <= documented_metrics()  # README, "What evaluate.py reports"
 
 
+class ShearOracle(RotationOracle):
+    """RotationOracle's perfect autoencoder with a shear coordinate: z = (cos, sin, shear, one-hot), decoded by
+    rotating the stored digit and then shearing it horizontally. Its one operator moves only the shear (the
+    nilpotent generator adds omega c to the shear through the one-hot's constant 1): a smooth image path that
+    changes the digit steadily, but is not a rotation."""
+
+    def __init__(self, digits: Tensor, omega: float = 0.02) -> None:
+        super().__init__(digits, rotating=True)
+        k = digits.shape[0]
+        self.transport = TransportOperator(3 + k, 1, init_std=0.0)
+        with torch.no_grad():
+            self.transport.psi[0, 2, 3:] = omega
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = super().encode(x)
+        return torch.cat([z[:, :2], torch.zeros_like(z[:, :1]), z[:, 2:]], -1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        upright = super().decode(torch.cat([z[:, :2], z[:, 3:]], -1))
+        shear = z[:, 2].float()
+        theta = torch.zeros(z.shape[0], 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        theta[:, 0, 1] = shear
+        grid = nn.functional.affine_grid(theta, list(upright.shape), align_corners=False)
+        return nn.functional.grid_sample(upright, grid, align_corners=False)
+
+
+def test_a_shear_path_scores_below_a_rotation(mnist_root: Path) -> None:
+    digits = _upright(mnist_root, 4)
+    rotation = rotation_metrics(RotationOracle(digits, rotating=True), digits, num_frames=61)
+    shear = rotation_metrics(ShearOracle(digits), digits, num_frames=61, coeff_span=0.8 / 0.02)  # shear +-0.8
+    assert shear["rotation_ceiling"] > 0.99  # a perfect autoencoder, as the rotation's
+    assert shear["rotation_match"] < rotation["rotation_match"] - 0.05
+    assert shear["rotation_order"] < rotation["rotation_order"] - 0.1
+
+
 class ScrambledOracle(RotationOracle):
     """RotationOracle's perfect autoencoder, but its latent angle is a fixed random permutation of the image's
     angle (1-degree bins), undone by the decoder: reconstructions stay exact, the loop is no longer smooth."""

@@ -194,7 +194,7 @@ def test_a_short_multirun_reports_its_times_and_warns(tmp_path: Path, cli, monke
     assert code == 0, err
     root = tmp_path / "multirun" / "train" / "sweep"
     metrics = json.loads((root / "0" / "metrics.json").read_text())
-    assert metrics["train_epochs"] == 1 and metrics["train_seconds"] > 0 and metrics["train_batches"] > 0
+    assert metrics["train_epochs"] == 1 and metrics["train_batches"] > 0 and "train_seconds" not in metrics
     main([str(root)])
     markdown = "\n".join(_markdown(root))
     assert "- `0` (model=vaells): 1 of the 50 epochs of experiment=concentric_circles" in markdown

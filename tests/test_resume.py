@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -273,6 +274,8 @@ def test_sigkill_at_a_random_moment_of_a_longer_run_then_resume_is_exact(tmp_pat
               "callbacks.interval_checkpoint.minutes=0"]
     proc = train(*common, f"hydra.run.dir={tmp_path / 'reference'}")
     assert proc.returncode == 0, proc.err[-3000:]
+    fit = re.search(r"fit took (\d+(?:\.\d+)?) s", (tmp_path / "reference" / "train.log").read_text())
+    duration = float(fit.group(1))
     reference = load(tmp_path / "reference" / "checkpoints" / "last.ckpt")
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -280,8 +283,13 @@ def test_sigkill_at_a_random_moment_of_a_longer_run_then_resume_is_exact(tmp_pat
     while not ckpt.exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.01)
-    delay = random.uniform(0.0, 15.0)
+    # Within the run: a finished run is not resumed (it is refused), so a kill after its end would test nothing.
+    delay = random.uniform(0.0, 0.7 * duration)
     time.sleep(delay)
+    if proc.poll() is not None:  # it finished first after all: nothing to resume, but it must have trained alike
+        assert proc.returncode == 0, proc.communicate()[1][-3000:]
+        assert_same_training_state(reference, load(ckpt))
+        return
     proc.kill()
     proc.communicate()
     killed = load(ckpt)["vaells"]

@@ -96,10 +96,11 @@ def infer_coefficients(
     Returns:
         ``InferenceResult`` with c (..., M), energy (...,) and num_iters (...,) of the winning restart.
 
-    The returned coefficients are detached, and callers must treat them as constants. This is exact, not
-    an approximation: c_hat minimises E(c; psi, z0, z1), so dE/dc = 0 there (up to the L1 kink, where the
-    coefficient is pinned at zero and does not move), and by the envelope theorem the total derivative of
-    E(c_hat(theta); theta) with respect to psi, z0 or z1 equals the partial derivative at fixed c_hat.
+    The returned coefficients are detached, and callers treat them as constants. For E itself that is exact:
+    c_hat minimises E(c; psi, z0, z1), so dE/dc = 0 there (up to the L1 kink), and by the envelope theorem the
+    total derivative of E(c_hat(theta); theta) equals the partial derivative at fixed c_hat. For any other
+    function of c_hat, such as a loss whose L1 weight differs from this ``l1_weight``, it is an approximation,
+    the release's (docs/method.md §1.3).
     """
     _check_settings(psi, l1_weight, max_iter)
     dtype = dtype or psi.dtype

@@ -106,10 +106,10 @@ def run_config(folder: Path) -> DictConfig | None:
 def training(folder: Path) -> dict[str, float | int]:
     """How long the folder's run trained: ``train_seconds``, ``train_epochs`` and ``train_batches``, where known.
 
-    From the run's ``metrics.json`` (``train.py`` records them; an evaluation's folder: those of the run it
-    evaluated); the time and batches of runs scored before that from the fits ``train.log`` records, and their
-    epochs from the config where the fit ran to its end. A resumed run has a fit in ``train.log`` per part: the
-    time is their sum (``metrics.json`` has the last part's)."""
+    The epochs and batches from the run's ``metrics.json`` (``train.py`` records them; an evaluation's folder:
+    those of the run it evaluated); the time from the fits ``train.log`` records (a resumed run has one per part:
+    their sum), and for runs scored before those keys existed also the batches, and the epochs from the config
+    where the fit ran to its end."""
     run = training_run(folder)
     record = {k: v for k, v in {**_read_metrics(run), **_read_metrics(folder)}.items() if k in TRAINING}
     log = run / "train.log"

@@ -4,9 +4,10 @@ the interface ``vaells.models.base.LatentModel``:
     LL(x) = log (1/K) sum_k w_k,   log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x),   z_k ~ q(z | x),
 
 a lower bound on log p(x) in expectation that tightens as K grows (at K = 1 it is a one-sample ELBO). Each model
-supplies its own log-weights (``log_weights``): the baselines' exact q and p, VAELLS's at their MAP coefficients.
-All share the decoder likelihood, so their numbers compare. The estimator is batched over points and samples: a
-chunk of points at a time, the K samples of each in one call.
+supplies its own log-weights (``log_weights``): the baselines' exact q and p, VAELLS's auxiliary-variable bound
+with an unbiased prior estimate (docs/method.md §3.1). All share the decoder likelihood, so their numbers compare.
+VAELLS also reports the release's recipe (``release_log_weights``, docs/method.md §3.2) under its own name. The
+estimator is batched over points and samples: a chunk of points at a time, the K samples of each in one call.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ def log_likelihood_per_point(
     anchors: Tensor | None = None,
     points_per_chunk: int | None = None,
     progress: bool = False,
+    weights: str = "log_weights",
 ) -> Tensor:
-    """LL(x_n) for each point, from ``num_samples`` = K log-weights each, with the random numbers as they come.
-    x (N, *input_shape), labels (N,), anchors (N, N_a, *input_shape) -> (N,) float64."""
+    """LL(x_n) for each point, from ``num_samples`` = K log-weights each (the model's method named ``weights``),
+    with the random numbers as they come. x (N, *input_shape), labels (N,), anchors (N, N_a, *input_shape)
+    -> (N,) float64."""
     n, device = x.shape[0], model_device(model)
     chunk = points_per_chunk or max(1, SAMPLES_PER_CHUNK // num_samples)
     starts = range(0, n, chunk)
@@ -56,7 +59,7 @@ def log_likelihood_per_point(
     parts = []
     for i in starts:
         part = {k: v[i:i + chunk].to(device) for k, v in (("labels", labels), ("anchors", anchors)) if v is not None}
-        log_w = model.log_weights(x[i:i + chunk].to(device), num_samples, **part)  # (chunk, K)
+        log_w = getattr(model, weights)(x[i:i + chunk].to(device), num_samples, **part)  # (chunk, K)
         parts.append(log_mean_exp(log_w.double()).cpu())
     return torch.cat(parts)
 
@@ -79,9 +82,11 @@ def log_likelihood(
     seed: int = 0,
     points_per_chunk: int | None = None,
     progress: bool = True,
+    weights: str = "log_weights",
 ) -> dict[str, float | int]:
-    """The mean LL of the points ``x`` at K = ``num_samples`` (``summarize``), with random numbers from ``seed``
-    (the caller's random state is left as it was). ``labels`` and ``anchors`` go to a class-conditional prior."""
+    """The mean LL of the points ``x`` at K = ``num_samples`` (``summarize``) from the model's ``weights``, with
+    random numbers from ``seed`` (the caller's random state is left as it was). ``labels`` and ``anchors`` go to a
+    class-conditional prior (the release's recipe; the bound ignores them)."""
     if num_samples < 1 or x.shape[0] < 1:
         raise ValueError(f"need num_samples >= 1 and at least one point, got K={num_samples}, {x.shape[0]} points")
     device = model_device(model)
@@ -89,7 +94,7 @@ def log_likelihood(
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         ll = log_likelihood_per_point(model, x, num_samples, labels=labels, anchors=anchors,
-                                      points_per_chunk=points_per_chunk, progress=progress)
+                                      points_per_chunk=points_per_chunk, progress=progress, weights=weights)
     if not bool(torch.isfinite(ll).all()):
         bad = int((~torch.isfinite(ll)).sum())
         raise FloatingPointError(f"the log-likelihood of {bad} of {ll.numel()} points is not finite")
@@ -112,11 +117,22 @@ def split_log_likelihood(
     model: LatentModel, dm: AnchoredDataModule, num_points: int = 1000, num_samples: int = 100, seed: int = 0,
     progress: bool = True,
 ) -> dict[str, float | int]:
-    """``log_likelihood`` of ``num_points`` test points of ``dm`` (``draw_test_points``) at K = ``num_samples``, the
-    test labels and per-sample anchors passed to the prior."""
+    """``log_likelihood`` of ``num_points`` test points of ``dm`` (``draw_test_points``) at K = ``num_samples``:
+    the bound, for every model whose prior exists without the input (not VAELLS with per-sample anchors, rotated
+    MNIST), and for VAELLS also ``log_likelihood_release_recipe`` (with its ``_stderr``), the release's recipe
+    with the test labels and per-sample anchors passed to its class-conditional prior."""
     batch = draw_test_points(dm, num_points, seed)
-    return log_likelihood(model, batch["x"], num_samples, labels=batch.get("label"), anchors=batch.get("anchors"),
-                          seed=seed, progress=progress)
+    out: dict[str, float | int] = {}
+    if getattr(model, "unconditional_prior", True):
+        out |= log_likelihood(model, batch["x"], num_samples, seed=seed, progress=progress)
+    if hasattr(model, "release_log_weights"):
+        release = log_likelihood(model, batch["x"], num_samples, labels=batch.get("label"),
+                                 anchors=batch.get("anchors"), seed=seed, progress=progress,
+                                 weights="release_log_weights")
+        out |= {"log_likelihood_release_recipe": release["log_likelihood"],
+                "log_likelihood_release_recipe_stderr": release["log_likelihood_stderr"]}
+        out |= {key: release[key] for key in ("log_likelihood_k", "log_likelihood_points")}
+    return out
 
 
 def likelihood_settings(cfg: DictConfig) -> dict[str, int]:

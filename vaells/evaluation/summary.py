@@ -3,7 +3,6 @@ interface (``vaells.models.base.LatentModel``) only. Figures are drawn separatel
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from vaells.evaluation.common import dataset_tensors, evaluating, seeded_pick
 from vaells.evaluation.comparison import comparative_metrics
 from vaells.evaluation.latent import continuity, knn_accuracy, trustworthiness
 from vaells.evaluation.likelihood import split_log_likelihood
-from vaells.evaluation.operators import operator_metrics
+from vaells.evaluation.operators import operator_controls, operator_metrics
 from vaells.evaluation.paths import path_metrics
 from vaells.evaluation.preservation import class_preservation, class_preservation_ceiling, class_preservation_matched
 from vaells.evaluation.progress import stage, track
@@ -94,9 +93,9 @@ def evaluate_model(
     ll_samples: int = 100,
     ll_seed: int = 0,
 ) -> dict:
-    """mse (per dimension, from a posterior sample drawn with seed 0), elbo (the negative training objective
-    without regularisers of parameters, from the same sample; for VAELLS the release's "ELBO" metric), and the
-    latent-structure metrics the data allows:
+    """The model's ``batch_scores`` averaged over the test split (``mse`` from the posterior's centre, ``sample_mse``
+    from a posterior sample drawn with seed 0, ``elbo`` for the baselines, ``vaells_objective`` for VAELLS), and
+    the latent-structure metrics the data allows:
     knn_accuracy (k = 5, labelled data), trustworthiness and continuity (k = 10, against true coordinates);
     the image metrics of ``vaells.evaluation.rotation``; the comparative metrics of
     ``vaells.evaluation.comparison`` (the prior's fit to the manifold, the rotation share at matched
@@ -106,18 +105,18 @@ def evaluate_model(
     skip it)."""
     model.eval()
     dm.setup("test")
-    sq_err, elbo, n = 0.0, 0.0, 0
+    sums: dict[str, float] = {}
+    n = 0
     # Seeded like every other sampled metric: train.py scores its model after training has moved the global RNG,
-    # evaluate.py after building one, and the posterior samples of mse and elbo must not depend on which.
+    # evaluate.py after building one, and the posterior samples of the scores must not depend on which.
     with evaluating(model, seed=0):
-        for batch in track(dm.test_dataloader(), "test split: mse, elbo (batches)"):
+        for batch in track(dm.test_dataloader(), "test split: mse and the objective (batches)"):
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            scores = model.batch_scores(batch)
             out_b = batch["x"].shape[0]
-            sq_err += float(scores["mse"]) * out_b
-            elbo += float(scores["elbo"]) * out_b
+            for key, value in model.batch_scores(batch).items():
+                sums[key] = sums.get(key, 0.0) + float(value) * out_b
             n += out_b
-    metrics: dict[str, float | str | list] = {"mse": sq_err / n, "elbo": elbo / n, "num_test": n}
+    metrics: dict[str, float | str | list] = {key: total / n for key, total in sums.items()} | {"num_test": n}
     if has_operators(model):
         metrics |= {"num_operators": model.transport.num_operators} | operator_metrics(model.transport)
     if getattr(model, "anchor_labels", None) is not None:  # class-matched anchors: N_a per class
@@ -177,7 +176,9 @@ def mnist_metrics(
     """The image metrics for ``dm``'s test split; {} for any other DataModule.
 
     RotatedMNISTDataModule: ``rotation_flow_fit`` on ``num_digits`` (default 100) upright test digits for every
-    model, and ``rotation_metrics`` on the same digits for models with transport operators.
+    model, and ``rotation_metrics`` on the same digits for models with transport operators, with
+    ``rotation_order`` and ``rotation_match`` of the controls Psi = 0 and Psi at its start
+    (``operators.operator_controls``: ``*_zero_psi``, ``*_init_psi``).
     MNISTDataModule: ``classifier_accuracy`` on the whole test split, ``class_preservation`` and
     ``class_preservation_ceiling`` on ``num_digits`` (default 1000) test digits, with a classifier trained on
     the train split for ``classifier_steps`` batches (cached in ``cache_dir`` when given); then
@@ -197,6 +198,10 @@ def mnist_metrics(
         if has_operators(model):
             with stage(f"rotation metrics ({len(pick)} upright test digits)"):
                 out |= rotation_metrics(model, digits, seed=seed)
+            for name, control in operator_controls(model):  # what an autoencoder alone, or Psi at its start, scores
+                with stage(f"rotation metrics with the control {name}"):
+                    scores = rotation_metrics(control, digits, seed=seed)
+                out |= {f"rotation_{key}_{name}": scores[f"rotation_{key}"] for key in ("order", "match")}
         return out
     x_train, y_train = dataset_tensors(dm.train_set)
     x_test, y_test = dataset_tensors(dm.test_set)
@@ -215,13 +220,13 @@ def mnist_metrics(
                                           num_samples=num_samples, seed=seed)
     if not has_operators(model):
         return out
-    # The same model with every operator reset to its random start: what the learned operators add.
-    init_model = copy.deepcopy(model)
-    with torch.no_grad():
-        init_model.transport.psi.copy_(init_model.transport.psi_init)
-    if bool(torch.isfinite(init_model.transport.psi).all()):
+    # The same model with every operator at its random start: what the learned operators add. (Psi = 0 has no
+    # spread to match: its samples vary by the noise alone.)
+    for name, control in operator_controls(model):
+        if name != "init_psi":
+            continue
         with stage("class_preservation_matched with Psi at its random start (*_init_psi)"):
-            init = class_preservation_matched(init_model, clf, x_pick, y_pick, target=matched_variation,
+            init = class_preservation_matched(control, clf, x_pick, y_pick, target=matched_variation,
                                               num_samples=num_samples, seed=seed)
         out |= {f"{k}_init_psi": v for k, v in init.items()}
     return out

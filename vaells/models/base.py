@@ -47,8 +47,9 @@ class LatentModel(Protocol):
         -> (B, S), float64."""
 
     def batch_scores(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Batch means of ``mse`` (per data dimension, reconstructions of a posterior sample) and ``elbo`` (the
-        negative training objective, without regularisers of parameters)."""
+        """Batch means of ``mse`` (per data dimension, the reconstruction decode(encode(x)) from the posterior's
+        centre), ``sample_mse`` (the same for one posterior sample) and the model's objective: ``elbo`` where it is
+        one, else under the objective's own name (VAELLS: ``vaells_objective``)."""
 
 
 def has_operators(model: object) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -16,7 +17,13 @@ from torch import Tensor, nn
 
 from vaells.distributions import AnchorPrior, TransportPosterior
 from vaells.inference import CoefficientSolver, InferenceResult, infer_jointly, restart_inits
-from vaells.models.importance import ImportanceSamples, LatentDensities, importance_samples, importance_terms
+from vaells.models.importance import (
+    ImportanceSamples,
+    LatentDensities,
+    bound_log_weights,
+    importance_samples,
+    importance_terms,
+)
 from vaells.models.module import ModelBase, NonFiniteLatent, check_latents
 from vaells.models.schedule import JOINT, NET, PSI, WARMUP, AcceptRejectRule, Schedule
 from vaells.objectives import (
@@ -205,13 +212,51 @@ class VAELLSModule(ModelBase):
     def log_weights(
         self, x: Tensor, num_samples: int, *, labels: Tensor | None = None, anchors: Tensor | None = None
     ) -> Tensor:
-        """The log-weights of the importance-sampled likelihood (docs/method.md §3), where q(z|x) and p(z) are
-        taken at their MAP coefficients (eq. 7-8): log p(x | z_k) + log p(z_k) - log q(z_k | x), z_k ~ q(z | x).
-        The prior is class-conditional: ``labels`` (B,) pick each point's class anchors, or ``anchors``
-        (B, N_a, *input_shape) are its own (rotated MNIST).  -> (B, S), float64."""
-        samples = self.importance_samples(x, num_samples, labels=labels, anchors=anchors)
-        terms = self.importance_terms(x, samples)
+        """Log-weights whose log-mean-exp is a stochastic lower bound on log p(x), comparable with the baselines'
+        (``vaells.models.importance.bound_log_weights``, docs/method.md §3): exact densities for (c, z) ~ q, an
+        auxiliary density for c, and an unbiased estimate of the unconditional prior over every class's anchors.
+        ``labels`` and ``anchors`` are ignored: the bound conditions on nothing but x.  -> (B, S), float64."""
+        if not self.unconditional_prior:
+            raise ValueError("this model's prior is built from each sample's own anchors (rotated MNIST): it has no "
+                             "prior over z without the input, so no bound on log p(x); see release_log_weights")
+        return bound_log_weights(self.densities, self.encode(x), self.anchor_latents(), partial(
+            self._log_likelihood, x.repeat_interleave(num_samples, 0)), num_samples)
+
+    @property
+    def unconditional_prior(self) -> bool:
+        """Whether p(z) exists without the input: class-matched anchors (all classes' anchors make the prior), not
+        each sample's own (rotated MNIST)."""
+        return self.anchor_inputs is not None
+
+    def _log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x | z) = log N(x; g(s z), I / recon), the decoder likelihood every model shares.  -> (N,)."""
+        return reconstruction_log_likelihood(x, self.decode(z), self.weights.recon)
+
+    @torch.no_grad()
+    def release_log_weights(
+        self, x: Tensor, num_samples: int, *, labels: Tensor | None = None, anchors: Tensor | None = None
+    ) -> Tensor:
+        """The release's recipe for the log-weights (``release_terms``): log_lik + log_prior - log_posterior.
+        Neither a bound nor comparable with the baselines' (docs/method.md §3).  -> (B, S), float64."""
+        _, terms = self.release_terms(x, num_samples, labels=labels, anchors=anchors)
         return terms["log_lik"] + terms["log_prior"] - terms["log_posterior"]
+
+    @torch.no_grad()
+    def release_terms(
+        self, x: Tensor, num_samples: int, *, labels: Tensor | None = None, anchors: Tensor | None = None
+    ) -> tuple[ImportanceSamples, dict[str, Tensor]]:
+        """The release's draws for x (B, *input_shape) and its three terms, each (B, K) float64: ``log_lik`` (the
+        shared decoder likelihood) and q(z|x) and the class-conditional p(z | label) each at their MAP coefficients
+        (eq. 7-8; ``vaells.models.importance.importance_terms``). ``labels`` (B,) pick each point's class anchors,
+        or ``anchors`` (B, N_a, *input_shape) are its own (rotated MNIST)."""
+        if anchors is None and labels is None:
+            raise ValueError("the release's prior is class-conditional (eq. 8): it needs the points' labels, or "
+                             "their own anchors (per-sample anchors, rotated MNIST)")
+        batch = {"x": x} | ({"anchors": anchors} if anchors is not None else {"label": labels})
+        samples = importance_samples(self.densities, self.encode(x), self.batch_anchors(batch), num_samples)
+        b, k = samples.z.shape[:2]
+        log_lik = self._log_likelihood(x.repeat_interleave(k, 0), samples.z.flatten(0, 1)).view(b, k).double()
+        return samples, {"log_lik": log_lik} | importance_terms(self.densities, samples)
 
     @property
     def densities(self) -> LatentDensities:
@@ -220,34 +265,15 @@ class VAELLSModule(ModelBase):
                                self.noise_std, self.latent_scale, self.closest_anchor)
 
     @torch.no_grad()
-    def importance_samples(
-        self, x: Tensor, num_samples: int, *, labels: Tensor | None = None, anchors: Tensor | None = None
-    ) -> ImportanceSamples:
-        """The draws of ``log_weights`` for x (B, *input_shape): K posterior samples of each point and the starts of
-        both inferences (``vaells.models.importance.importance_samples``)."""
-        if anchors is None and labels is None:
-            raise ValueError("VAELLS's prior is class-conditional (eq. 8): log_weights needs the points' labels, or "
-                             "their own anchors (per-sample anchors, rotated MNIST)")
-        batch = {"x": x} | ({"anchors": anchors} if anchors is not None else {"label": labels})
-        return importance_samples(self.densities, self.encode(x), self.batch_anchors(batch), num_samples)
-
-    @torch.no_grad()
-    def importance_terms(self, x: Tensor, samples: ImportanceSamples) -> dict[str, Tensor]:
-        """The three terms of each log-weight at the given draws, each (B, K) float64: ``log_lik``,
-        log p(x | z_k) = log N(x; g(s z_k), I / recon), the decoder likelihood every model shares, and the latent
-        terms ``log_posterior`` and ``log_prior`` (``vaells.models.importance.importance_terms``)."""
-        b, k = samples.z.shape[:2]
-        x_rep = x.unsqueeze(1).expand(b, k, *x.shape[1:]).flatten(0, 1)  # (B * K, *input_shape)
-        log_lik = reconstruction_log_likelihood(x_rep, self.decode(samples.z.flatten(0, 1)), self.weights.recon)
-        return {"log_lik": log_lik.view(b, k).double()} | importance_terms(self.densities, samples)
-
-    @torch.no_grad()
     def batch_scores(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``mse`` of a posterior sample's reconstruction, and ``elbo`` = -(loss of eq. 9 - dictionary term), the
-        release's "ELBO" metric."""
+        """``mse`` from the posterior's centre decode(mu), ``sample_mse`` from one posterior sample, and
+        ``vaells_objective``, the weighted training loss of eq. 9 without the dictionary term at that sample (not
+        an ELBO: the release reports its negative as one)."""
         out = self.forward_terms(batch, self.weights)
         terms = out.terms
-        return {"mse": (out.x_hat - batch["x"]).pow(2).mean(), "elbo": -(terms["loss"] - terms["dictionary"])}
+        return {"mse": (self.decode(out.mu) - batch["x"]).pow(2).mean(),
+                "sample_mse": (out.x_hat - batch["x"]).pow(2).mean(),
+                "vaells_objective": terms["loss"] - terms["dictionary"]}
 
     def forward_terms(self, batch: dict[str, Tensor], weights: LossWeights) -> ForwardTerms:
         """One posterior sample, both inferences and the loss terms (eq. 9), plus what the Psi rule reuses."""

@@ -117,8 +117,15 @@ class VariationalModel(ModelBase):
 
     @torch.no_grad()
     def batch_scores(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        terms, x_hat = self.loss_terms(batch["x"])
-        return {"mse": (x_hat - batch["x"]).pow(2).mean(), "elbo": -terms["loss"]}
+        """``mse`` from the posterior's centre, ``sample_mse`` from one posterior sample, and ``elbo``, the
+        one-sample ELBO of eq. 4 (beta = 1) with every constant of the decoder likelihood."""
+        x = batch["x"]
+        q = self.posterior(x)
+        z = q.rsample()  # (B, d)
+        x_hat = self.decode(z)
+        elbo = reconstruction_log_likelihood(x, x_hat, self.recon_weight).double() - self.kl(q, z).double()
+        return {"mse": (self.decode(self.encode(x)) - x).pow(2).mean(), "sample_mse": (x_hat - x).pow(2).mean(),
+                "elbo": elbo.mean()}
 
     # -- the objective --------------------------------------------------------------------------------
     @property
