@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vaells.app.overrides import suggest_close_keys
 from vaells.app.runs import (
     SETTING_ERRORS,
     UsageError,
@@ -23,7 +24,6 @@ from vaells.app.runs import (
     resolve_checkpoint,
     run_folder,
     saved_run_record,
-    suggest_close_keys,
 )
 from vaells.app.validation import check_data, check_evaluate_config
 

@@ -17,14 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import vaells
-from vaells.app.runs import (
-    SETTING_ERRORS,
-    UsageError,
-    fail_before_work,
-    resolve_checkpoint,
-    run_folder,
-    suggest_close_keys,
-)
+from vaells.app.overrides import suggest_close_keys
+from vaells.app.runs import SETTING_ERRORS, UsageError, fail_before_work, resolve_checkpoint, run_folder
 from vaells.app.schema import RunSchema
 from vaells.app.validation import Failures, check_data, check_node
 from vaells.evaluation.paths import same_label_pairs

@@ -20,6 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from vaells.app.overrides import suggest_close_keys
 from vaells.app.runs import (
     SETTING_ERRORS,
     UsageError,
@@ -32,7 +33,6 @@ from vaells.app.runs import (
     resumed_config,
     run_record,
     separate_rank_log,
-    suggest_close_keys,
 )
 from vaells.app.validation import check_model_fits_data, check_train_config
 

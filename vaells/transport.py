@@ -2,6 +2,11 @@
 
 Pure torch. Shapes follow the paper: ``d`` is the latent dimension, ``M`` (``num_operators``) the number of
 dictionary elements; ``...`` is any batch of leading dimensions, broadcast as usual.
+
+One algorithm, the exponential map and its derivatives, needs this module's length: expm by a Taylor sum with
+scaling and squaring, its Frechet derivative in forward mode, the closed forms that replace both for one
+operator and for d = 2 (with their wide-range branch), and the operator module built on them. Split, each part
+would import the others' private helpers.
 """
 
 from __future__ import annotations

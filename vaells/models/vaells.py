@@ -3,6 +3,10 @@
 Networks, the transport operator, the coefficient solvers, the loss weights, the phase schedule and the Psi
 update rule are all injected (Hydra builds them from ``conf/model``). The math lives in ``distributions``,
 ``objectives`` and ``inference``.
+
+Algorithm 1 needs this module's length: the phases of a training step, the Psi accept/reject step and the skips of
+non-finite steps share the module's state. What is not the choreography is thin: the model interface's sampling
+and likelihood methods delegate to ``vaells.distributions`` and ``vaells.models.importance``.
 """
 
 from __future__ import annotations
