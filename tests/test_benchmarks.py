@@ -16,7 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("step", "inference", "likelihood")
-ANALYSES = ("matched_directions", "prior_spread", "mnist_class_ceiling", "training_traces")
+ANALYSES = ("matched_directions", "prior_spread", "mnist_class_ceiling", "training_traces", "fresh_rotation")
 
 
 def load_script(path: Path) -> ModuleType:

@@ -93,11 +93,12 @@ def test_path_manifold_errors_of_a_model_whose_operator_traces_the_manifold() ->
     x = model.decode(_circle(angles))
     manifold = model.decode(_circle(torch.linspace(0, 2 * math.pi, 20000)))
     errors = path_manifold_errors(model, x, torch.zeros(200, dtype=torch.long), manifold, num_pairs=50)
-    assert set(errors) == {f"{path}_{score}{control}" for path, score, control in [
-        ("path", "manifold_error", ""), ("path", "endpoint_error", ""), ("linear_path", "manifold_error", ""),
-        ("linear_path", "endpoint_error", ""), ("path", "manifold_error", "_zero_psi"),
-        ("path", "endpoint_error", "_zero_psi"), ("path", "manifold_error", "_init_psi"),
-        ("path", "endpoint_error", "_init_psi")]}
+    scores = ("manifold_error", "endpoint_error", "endpoint_distance")
+    assert set(errors) == ({f"{path}_{score}" for path in ("path", "linear_path") for score in scores}
+                           | {f"path_{score}_{control}" for score in scores for control in ("zero_psi", "init_psi")})
+    # the encoder and decoder are exact: an arriving path, and the line, end on x1 itself
+    assert errors["path_endpoint_distance"] < 1e-3 and errors["linear_path_endpoint_distance"] < 1e-6
+    assert errors["path_endpoint_distance_zero_psi"] > 0.5  # a path that never moves ends at x0
     assert errors["path_manifold_error"] < 1e-3 and errors["path_endpoint_error"] < 1e-4
     assert errors["linear_path_manifold_error"] > 0.1 and errors["linear_path_endpoint_error"] < 1e-12
     # Psi = 0: the path never moves, arrives nowhere, and scores exactly as the straight line it must still travel
@@ -114,7 +115,8 @@ def test_a_path_that_stops_short_pays_for_the_rest_of_the_way() -> None:
     full = model.transport.path(z0, torch.tensor([[0.75 * math.pi]], dtype=torch.float64), num_steps=11)
     half = model.transport.path(z0, torch.tensor([[0.375 * math.pi]], dtype=torch.float64), num_steps=11)
     still = z0.expand(11, 1, 2)
-    scores = {name: path_scores(model, path, z1, manifold) for name, path in
+    x1 = model.decode(z1)
+    scores = {name: path_scores(model, path, z1, manifold, x1) for name, path in
               [("full", full), ("half", half), ("still", still), ("line", linear_interpolation(z0, z1, 11))]}
     assert scores["full"]["manifold_error"] < 1e-3 and scores["full"]["endpoint_error"] < 1e-6
     assert scores["still"]["manifold_error"] == pytest.approx(scores["line"]["manifold_error"], rel=1e-12)

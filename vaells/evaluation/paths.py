@@ -15,6 +15,9 @@ which is z1 where the operators can reach it. The linear path is z_t = (1 - t) z
 - ``path_endpoint_error`` (synthetic data): the median over pairs of ||z_end - z1|| / ||z1 - z0||, how far the
   transport path's end is from its target relative to the distance it had to go; 0 for the linear paths
   (``linear_path_endpoint_error``), 1 for a path that never moves. With its controls as above.
+  ``path_endpoint_distance`` (and ``linear_``, ``_zero_psi``, ``_init_psi``): the same arrival in data space,
+  the mean distance from the decoded end of the path to the input x1 it was meant to reach (for the linear path,
+  the reconstruction error of x1).
 - ``path_rotation_match`` (rotated MNIST): the paths from upright test digits to the same digits rotated by 90
   degrees; the mean Pearson correlation of each intermediate frame t with the digit truly rotated by t * 90
   degrees (``vaells.data.mnist.rotate``); ``linear_path_rotation_match`` the same for the linear paths.
@@ -107,9 +110,10 @@ def manifold_error(points: Tensor, manifold: Tensor) -> float:
     return float(nearest_distance(points.reshape(-1, points.shape[-1]), manifold).mean())
 
 
-def path_scores(model: nn.Module, path: Tensor, z1: Tensor, manifold: Tensor) -> dict[str, float]:
-    """``manifold_error`` and ``endpoint_error`` (see the module's docstring) of latent paths (T, P, d) that were
-    meant to reach z1 (P, d), against the noiseless ``manifold`` (M, D).
+def path_scores(model: nn.Module, path: Tensor, z1: Tensor, manifold: Tensor, x1: Tensor) -> dict[str, float]:
+    """``manifold_error``, ``endpoint_error`` and ``endpoint_distance`` (see the module's docstring) of latent paths
+    (T, P, d) that were meant to reach z1 (P, d), the encodings of the inputs x1 (P, D), against the noiseless
+    ``manifold`` (M, D).
 
     The manifold error scores the whole journey to z1: the path, then the straight line from its end to z1
     (T points each), weighted by their latent lengths. A path that arrives is scored alone; a path that never
@@ -124,7 +128,10 @@ def path_scores(model: nn.Module, path: Tensor, z1: Tensor, manifold: Tensor) ->
     weight = torch.where(length.sum(0) > 0, length / length.sum(0).clamp_min(1e-300), torch.tensor([[1.0], [0.0]]))
     z0, z1 = path[0].double(), z1.double()
     relative = (path[-1].double() - z1).norm(dim=-1) / (z1 - z0).norm(dim=-1).clamp_min(1e-12)
-    return {"manifold_error": float((weight * off).sum(0).mean()), "endpoint_error": float(relative.median())}
+    end = decoded.reshape(2, steps, pairs, -1)[0, -1].double()  # (P, D): the decoded end of the path itself
+    arrival = (end - x1.reshape(pairs, -1).double()).norm(dim=-1)  # (P,): in data space
+    return {"manifold_error": float((weight * off).sum(0).mean()), "endpoint_error": float(relative.median()),
+            "endpoint_distance": float(arrival.mean())}
 
 
 def path_manifold_errors(model: nn.Module, x: Tensor, labels: Tensor, manifold: Tensor, *, num_pairs: int = 100,
@@ -141,7 +148,7 @@ def path_manifold_errors(model: nn.Module, x: Tensor, labels: Tensor, manifold: 
             if not suffix:
                 paths["linear_path"] = linear_interpolation(z0, z1, num_steps)
             for name, path in paths.items():
-                scores = path_scores(scored, path, z1, manifold)
+                scores = path_scores(scored, path, z1, manifold, x[i1])
                 out |= {f"{name}_{key}{suffix}": value for key, value in scores.items()}
     return out
 
