@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from vaells.data.mnist import rotate
+from vaells.distributions import AnchorPrior
 from vaells.evaluation.common import decode_chunked, encode_chunked, evaluating, seeded_pick
 from vaells.evaluation.preservation import decoded_posterior_samples, match_spread, sample_variation
 
@@ -64,14 +65,24 @@ def prior_scores(samples: Tensor, manifold: Tensor, test_x: Tensor) -> dict[str,
 def prior_fit(model: nn.Module, manifold: Tensor, test_x: Tensor, *, num_samples: int = 1000,
               seed: int = 0) -> dict[str, float]:
     """``prior_scores`` of ``num_samples`` decoded prior samples, and for a model with class-matched anchors the
-    control ``prior_fit_anchor_points``: the same two-sided score of a point mass on its encoded anchors."""
+    control ``prior_fit_anchor_points``: the same two-sided score of a point mass on its encoded anchors. For
+    VAELLS also ``prior_fit_loss_scale``: its prior sampled at the Laplace scale its loss trained the prior's
+    coefficients with, b = 1 / ``weights.prior_l1``, where the sampled prior (``sample_prior``, ``prior_fit``)
+    uses the posterior's b = 1 / ``weights.post_l1``."""
     with evaluating(model, seed):
         samples = decode_chunked(model, model.sample_prior(num_samples))  # (S, D)
         anchors = model.anchor_latents() if hasattr(model, "anchor_latents") else None
         points = None if anchors is None else decode_chunked(model, anchors)  # (K * N_a, D)
+        trained = None
+        if anchors is not None and hasattr(model, "weights"):
+            pool = anchors.unsqueeze(0).expand(num_samples, -1, -1)  # every anchor, as sample_prior without labels
+            z = AnchorPrior(pool, model.transport, 1.0 / model.weights.prior_l1, model.noise_std).rsample()
+            trained = decode_chunked(model, z)
     out = prior_scores(samples, manifold, test_x)
     if points is not None:
         out["prior_fit_anchor_points"] = prior_scores(points, manifold, test_x)["prior_fit"]
+    if trained is not None:
+        out["prior_fit_loss_scale"] = prior_scores(trained, manifold, test_x)["prior_fit"]
     return out
 
 
