@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 
 import vaells
-from vaells.distributions import AnchorPrior
-from vaells.evaluation.common import decode_chunked, evaluating
-from vaells.evaluation.comparison import nearest_distance
+from vaells.evaluation.common import evaluating
+from vaells.evaluation.comparison import anchor_prior_samples, prior_scores
 from vaells.models.base import has_operators
 
 
@@ -34,12 +33,9 @@ def prior_fit_at(model: torch.nn.Module, manifold: torch.Tensor, test_x: torch.T
                  num_samples: int = 1000, seed: int = 0) -> dict[str, float]:
     """The two prior-fit numbers of ``num_samples`` decoded samples of the anchor prior at b x ``factor``."""
     with evaluating(model, seed):
-        anchors = model.anchor_latents()  # (K * N_a, d): one pool, as sample_prior draws without labels
-        per_sample = anchors.unsqueeze(0).expand(num_samples, -1, -1)
-        z = AnchorPrior(per_sample, model.transport, model.coeff_scale * factor, model.noise_std).rsample()
-        samples = decode_chunked(model, z)
-    return {"prior_manifold_error": float(nearest_distance(samples, manifold).mean()),
-            "prior_coverage_error": float(nearest_distance(test_x, samples).mean())}
+        samples = anchor_prior_samples(model, model.coeff_scale * factor, num_samples)
+    scores = prior_scores(samples, manifold, test_x)
+    return {key: scores[key] for key in ("prior_manifold_error", "prior_coverage_error")}
 
 
 def main(argv: list[str] | None = None) -> None:

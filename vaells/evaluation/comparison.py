@@ -62,6 +62,13 @@ def prior_scores(samples: Tensor, manifold: Tensor, test_x: Tensor) -> dict[str,
     }
 
 
+def anchor_prior_samples(model: nn.Module, coeff_scale: float, num_samples: int) -> Tensor:
+    """``num_samples`` decoded samples of VAELLS's anchor prior (eq. 8) over every class's anchors, as
+    ``sample_prior`` draws without labels, at the Laplace scale ``coeff_scale``.  -> (S, D)."""
+    pool = model.anchor_latents().unsqueeze(0).expand(num_samples, -1, -1)  # (S, K * N_a, d)
+    return decode_chunked(model, AnchorPrior(pool, model.transport, coeff_scale, model.noise_std).rsample())
+
+
 def prior_fit(model: nn.Module, manifold: Tensor, test_x: Tensor, *, num_samples: int = 1000,
               seed: int = 0) -> dict[str, float]:
     """``prior_scores`` of ``num_samples`` decoded prior samples, and for a model with class-matched anchors the
@@ -75,9 +82,7 @@ def prior_fit(model: nn.Module, manifold: Tensor, test_x: Tensor, *, num_samples
         points = None if anchors is None else decode_chunked(model, anchors)  # (K * N_a, D)
         trained = None
         if anchors is not None and hasattr(model, "weights"):
-            pool = anchors.unsqueeze(0).expand(num_samples, -1, -1)  # every anchor, as sample_prior without labels
-            z = AnchorPrior(pool, model.transport, 1.0 / model.weights.prior_l1, model.noise_std).rsample()
-            trained = decode_chunked(model, z)
+            trained = anchor_prior_samples(model, 1.0 / model.weights.prior_l1, num_samples)
     out = prior_scores(samples, manifold, test_x)
     if points is not None:
         out["prior_fit_anchor_points"] = prior_scores(points, manifold, test_x)["prior_fit"]
