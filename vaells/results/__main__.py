@@ -1,0 +1,96 @@
+"""``python -m vaells.results run SUITE [--jobs N] [--launcher joblib|slurm] [OVERRIDE ...]`` and
+``python -m vaells.results render [--check]`` (docs/running.md, "Results")."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from vaells.results.suites import ROOT, load_suite, pending_jobs, suite_names
+
+RESULTS_DIR = ROOT / "results"
+
+
+def launch_command(suite: str, jobs: int, launcher: str | None, results_dir: Path, overrides: list[str],
+                   suite_command: str) -> list[str]:
+    """``train.py -m`` with the suite's sweeper, the result writer and the launcher (Hydra runs every job)."""
+    results_dir = results_dir.resolve()
+    command = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/sweeper=suite", f"hydra.sweeper.suite={suite}",
+               f"hydra.sweeper.results_dir={results_dir}",
+               "+hydra.callbacks.results._target_=vaells.results.writer.ResultWriter",
+               f"+hydra.callbacks.results.suite={suite}", f"+hydra.callbacks.results.results_dir={results_dir}",
+               f"+hydra.callbacks.results.suite_command='{suite_command}'"]
+    launcher = launcher or ("joblib" if jobs > 1 else None)
+    if launcher == "joblib":
+        command += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    elif launcher == "slurm":
+        command += ["hydra/launcher=slurm", f"hydra.launcher.array_parallelism={jobs}"]
+    return command + overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        jobs = load_suite(args.suite)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.jobs < 1:
+        print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    pending = pending_jobs(jobs, args.results)
+    print(f"suite {args.suite}: {len(jobs)} jobs, {len(jobs) - len(pending)} with results in {args.results}, "
+          f"{len(pending)} to run")
+    for job in pending:
+        print(f"  {job.name}")
+    if not pending:
+        return 0
+    shown = ["python -m vaells.results run", args.suite] + (["--jobs", str(args.jobs)] if args.jobs > 1 else [])
+    shown += (["--launcher", args.launcher] if args.launcher else []) + args.overrides
+    command = launch_command(args.suite, args.jobs, args.launcher, args.results, args.overrides, " ".join(shown))
+    if args.dry_run:
+        print(shlex.join(command))
+        return 0
+    return subprocess.run(command, cwd=Path.cwd()).returncode
+
+
+def render(args: argparse.Namespace) -> int:
+    from vaells.results.render import check_rendered, render_all
+
+    if args.check:
+        differing = check_rendered(args.results, ROOT)
+        for path, diff in differing:
+            print(f"{path} differs from what `python -m vaells.results render` writes:\n{diff}", file=sys.stderr)
+        if differing:
+            print("Rerun `python -m vaells.results render` and commit its output; never edit it by hand.",
+                  file=sys.stderr)
+        return 1 if differing else 0
+    for path in render_all(args.results, ROOT):
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vaells.results",
+                                     description="Run a results suite, or render docs/results.md from results/.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="train and evaluate a suite's jobs that have no result yet")
+    run_parser.add_argument("suite", help=f"one of {', '.join(suite_names())} (conf/suite/), or a suite file")
+    run_parser.add_argument("--jobs", type=int, default=1, help="jobs at once (joblib, one torch thread each)")
+    run_parser.add_argument("--launcher", choices=["joblib", "slurm"], default=None,
+                            help="Hydra launcher (default: joblib when --jobs > 1, else one job after another)")
+    run_parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where results go (default: results/)")
+    run_parser.add_argument("--dry-run", action="store_true", help="list the pending jobs and the command only")
+    run_parser.add_argument("overrides", nargs="*", help="overrides for every job, e.g. data.root=DIR")
+    render_parser = commands.add_parser("render", help="write docs/results.md, its figures and the README's tables")
+    render_parser.add_argument("--results", type=Path, default=RESULTS_DIR)
+    render_parser.add_argument("--check", action="store_true",
+                               help="write nothing; exit 1 when the files differ from what render writes")
+    args = parser.parse_args(argv)
+    return run(args) if args.command == "run" else render(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

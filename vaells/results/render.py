@@ -1,0 +1,360 @@
+"""``docs/results.md``, its figures and the README's generated blocks, from ``results/`` alone.
+
+Each cell is the mean ± sd over the seeds that have a result, then each seed's value. Each row gives the commits
+that computed it, marked *stale* when the code that computes results (``vaells/`` and ``conf/``, less this package
+and the suite and help files) has changed between that commit and HEAD, as git's history says.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import statistics
+import subprocess
+from collections import defaultdict
+from functools import cache
+from pathlib import Path
+
+from vaells.results.suites import CODE_PATHS
+from vaells.results.tables import BASELINES, EXPERIMENTS, Experiment, Table
+
+HEADER = ("<!-- Written by `python -m vaells.results render` from results/. Do not edit: CI compares this file with "
+          "what render writes. -->")
+BLOCKS = ("quickstart", "times", "glance")
+
+
+class Results:
+    """Every result file under a folder, by job less its seed (``swiss_roll/vaells``) and seed."""
+
+    def __init__(self, results_dir: Path) -> None:
+        self.by_job: dict[str, dict[int, dict]] = defaultdict(dict)
+        for path in sorted(Path(results_dir).rglob("*.json")):
+            result = json.loads(path.read_text())
+            *job, seed = result["job"].split("/")
+            self.by_job["/".join(job)][int(seed.removeprefix("seed"))] = result
+
+    def values(self, job: str, key: str | None) -> dict[int, object]:
+        if key is None:
+            return {}
+        return {seed: r["metrics"][key] for seed, r in sorted(self.by_job.get(job, {}).items())
+                if r["metrics"].get(key) is not None}
+
+    def all(self) -> list[dict]:
+        return [r for seeds in self.by_job.values() for r in seeds.values()]
+
+
+@cache
+def code_changed(commit: str | None, root: Path) -> str:
+    """``""`` when the code that computes results is the same at HEAD, ``"stale"`` when it changed, or why not
+    known."""
+    if commit is None:
+        return "commit unknown"
+    status = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *CODE_PATHS], cwd=root,
+                            capture_output=True).returncode
+    return {0: "", 1: "stale"}.get(status, "commit not in this history")
+
+
+def provenance(results: list[dict], root: Path) -> str:
+    commits = sorted({(r["commit"] or "?")[:7] + (" (uncommitted changes)" if r["uncommitted_changes"] else "")
+                      for r in results})
+    marks = sorted({code_changed(r["commit"], root) or "" for r in results} - {""})
+    marks += ["uncommitted"] if any(r["uncommitted_changes"] for r in results) else []
+    return ", ".join(commits) + "".join(f" *{m}*" for m in marks)
+
+
+def number(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 0.995 and abs(value) < 1.005 and value != 1:
+        return f"{value:.5f}"  # trustworthiness and continuity sit near 1: three digits would hide them
+    return f"{value:.3g}"
+
+
+def cell(values: dict[int, object]) -> str:
+    if not values:
+        return "–"
+    items = list(values.values())
+    if not all(isinstance(v, int | float) for v in items):
+        return ", ".join("/".join(map(str, v)) if isinstance(v, list) else str(v) for v in items)
+    if len(items) == 1:
+        return number(items[0])
+    each = ", ".join(number(v) for v in items)
+    return f"{number(statistics.fmean(items))} ± {number(statistics.stdev(items))} ({each})"
+
+
+def mean(results: Results, job: str, key: str) -> float | None:
+    values = results.values(job, key)
+    return statistics.fmean(values.values()) if values else None
+
+
+def render_table(table: Table, results: Results, root: Path) -> list[str]:
+    lines = [f"**{table.title}**", "", "| | " + " | ".join(f"`{c}`" for c in table.columns) + " | seeds | commit |",
+             "| --- " * (len(table.columns) + 3) + "|"]
+    for row in table.rows:
+        cells = [cell(results.values(row.job, row.key_for(c))) for c in table.columns]
+        seeds = sorted(results.by_job.get(row.job, {}))
+        commit = provenance(list(results.by_job[row.job].values()), root) if seeds else "no results"
+        lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {', '.join(map(str, seeds)) or '–'} | {commit} |")
+    return lines + ([table.note] if table.note else []) + [""]
+
+
+# The paper's claims, each a test on the results over seeds: (text, section, function -> (number, verdict)).
+def _per_seed(results: Results, job: str, keys: list[str]) -> list[dict[str, float]]:
+    columns = {k: results.values(job, k) for k in keys}
+    seeds = sorted(set.intersection(*(set(v) for v in columns.values()))) if columns else []
+    return [{k: columns[k][s] for k in keys} for s in seeds]
+
+
+def _verdict(ok: bool, seeds: int, wanted: int = 3) -> str:
+    if seeds == 0:
+        return "no results yet"
+    verdict = "met" if ok else "**not met**"
+    return verdict if seeds >= wanted else f"{verdict} ({seeds} of {wanted} seeds)"
+
+
+def paths_claim(results: Results, experiment: str) -> tuple[str, str]:
+    rows = _per_seed(results, f"{experiment}/vaells", ["path_manifold_error", "linear_path_manifold_error",
+                                                       "path_manifold_error_init_psi", "path_endpoint_error"])
+    if not rows:
+        return "–", _verdict(False, 0)
+    ok = all(r["path_endpoint_error"] <= 0.1 and r["path_manifold_error"] <= 0.5 * r["linear_path_manifold_error"]
+             and r["path_manifold_error"] <= 0.5 * r["path_manifold_error_init_psi"] for r in rows)
+    m = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
+    worst = max(r["path_manifold_error"] / r["linear_path_manifold_error"] for r in rows)
+    text = (f"path error {number(m['path_manifold_error'])} against {number(m['linear_path_manifold_error'])} "
+            f"(straight line) and {number(m['path_manifold_error_init_psi'])} (Psi at init); endpoint error "
+            f"{number(m['path_endpoint_error'])}; worst seed {number(worst)} x the line, endpoint "
+            f"{number(max(r['path_endpoint_error'] for r in rows))}")
+    return text, _verdict(ok, len(rows))
+
+
+def prior_claim(results: Results, experiment: str) -> tuple[str, str]:
+    job = f"{experiment}/vaells"
+    vaells, loss_scale = mean(results, job, "prior_fit"), mean(results, job, "prior_fit_loss_scale")
+    anchors = mean(results, job, "prior_fit_anchor_points")
+    baselines = {m: mean(results, f"{experiment}/{m}", "prior_fit") for m in BASELINES}
+    if vaells is None or None in baselines.values():
+        return "–", _verdict(False, 0)
+    best = min(baselines, key=baselines.get)
+    seeds = min(len(results.values(f"{experiment}/{m}", "prior_fit")) for m in ("vaells", *BASELINES))
+    text = (f"`prior_fit` {number(vaells)} (at the loss's b: {number(loss_scale)}) against {number(anchors)} "
+            f"(anchors alone) and {number(baselines[best])} (best baseline, {best})")
+    return text, _verdict(vaells < anchors and vaells < baselines[best], seeds)
+
+
+def rotation_claim(results: Results, experiment: str = "rotated_mnist") -> tuple[str, str]:
+    rows = _per_seed(results, f"{experiment}/vaells", ["rotation_order", "rotation_order_zero_psi",
+                                                       "rotation_order_init_psi"])
+    if not rows:
+        return "–", _verdict(False, 0)
+    ok = all(r["rotation_order"] >= 0.9 and r["rotation_order"] >= 0.3 + max(r["rotation_order_zero_psi"],
+                                                                             r["rotation_order_init_psi"])
+             for r in rows)
+    m = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
+    lowest = min(r["rotation_order"] for r in rows)
+    text = (f"`rotation_order` {number(m['rotation_order'])} (lowest seed {number(lowest)})"
+            f" against {number(m['rotation_order_zero_psi'])} (Psi = 0) and {number(m['rotation_order_init_psi'])} "
+            "(Psi at init)")
+    return text, _verdict(ok, len(rows))
+
+
+def classes_claim(results: Results, experiment: str = "natural_mnist") -> tuple[str, str]:
+    key = "class_preservation_matched"
+    models = {m: mean(results, f"{experiment}/{m}", key) for m in ("vaells", *BASELINES)}
+    if None in models.values():
+        return "–", _verdict(False, 0)
+    best = max(BASELINES, key=models.get)
+    seeds = min(len(results.values(f"{experiment}/{m}", key)) for m in models)
+    text = f"`{key}` {number(models['vaells'])} against {number(models[best])} (best baseline, {best})"
+    return text, _verdict(models["vaells"] > models[best], seeds)
+
+
+def operators_claim(results: Results) -> tuple[str, str]:
+    rows = {r: mean(results, f"table2/vaells/{r}", "log_likelihood") for r in ("M2_Na8", "M4_Na8", "M8_Na8")}
+    if None in rows.values():
+        return "–", _verdict(False, 0)
+    ll = list(rows.values())
+    text = "`log_likelihood` at M = 2, 4, 8: " + ", ".join(number(v) for v in ll)
+    return text, _verdict(ll[0] < ll[1] < ll[2], 1, wanted=1)
+
+
+CLAIMS = {
+    "swiss_roll_paths": ("Swiss roll: transport paths follow the roll and arrive (Fig. 3a)",
+                         lambda r: paths_claim(r, "swiss_roll")),
+    "swiss_roll_prior": ("Swiss roll: the prior fits the roll better than the anchors and every baseline (Fig. 3b)",
+                         lambda r: prior_claim(r, "swiss_roll")),
+    "concentric_circles_paths": ("Circles: transport paths follow the circles and arrive (Fig. 4)",
+                                 lambda r: paths_claim(r, "concentric_circles")),
+    "concentric_circles_prior": ("Circles: the prior fits the circles better than the anchors and every baseline",
+                                 lambda r: prior_claim(r, "concentric_circles")),
+    "rotated_mnist_rotation": ("Rotated MNIST: the transport paths rotate the digit in order (Fig. 5)", rotation_claim),
+    "natural_mnist_classes": ("Natural MNIST: samples keep their class more often than the baselines' at matched "
+                              "variation (Fig. 7)", classes_claim),
+    "table2_operators": ("Table 2: the log-likelihood rises with the number of operators M", operators_claim),
+}
+CLAIM_TARGETS = {
+    "paths": "endpoint error <= 0.1 and path error <= 0.5 x the straight line's and <= 0.5 x Psi at init's, each seed",
+    "prior": "`prior_fit` (lower is better) below the anchor point mass and every baseline, mean over seeds",
+    "rotation": "`rotation_order` >= 0.9 and >= 0.3 above both Psi controls, each seed",
+    "classes": "`class_preservation_matched` above every baseline, mean over seeds",
+    "operators": "M = 2 < M = 4 < M = 8 at N_a = 8",
+}
+
+
+def anchor(title: str) -> str:
+    return "".join(ch for ch in title.lower().replace(" ", "-") if ch.isalnum() or ch in "-_")
+
+
+def claims_table(results: Results, link_prefix: str) -> list[str]:
+    lines = ["| claim | target | measured | verdict |", "| --- | --- | --- | --- |"]
+    for experiment in EXPERIMENTS:
+        for name in experiment.claims:
+            text, test = CLAIMS[name]
+            measured, verdict = test(results)
+            target = CLAIM_TARGETS[name.rsplit("_", 1)[1]]
+            lines.append(f"| [{text}]({link_prefix}#{anchor(experiment.title)}) | {target} | {measured} | {verdict} |")
+    return lines
+
+
+def figure_rows(experiment: Experiment, results: Results) -> list[tuple[str, dict[int, object]]]:
+    """The headline metric of the experiment's first table, for each row with results."""
+    key = experiment.figure_key
+    rows = [(row.label, results.values(row.job, row.key_for(key))) for row in experiment.tables[0].rows]
+    return [(label, values) for label, values in rows if values]
+
+
+def draw_figure(experiment: Experiment, rows: list[tuple[str, dict[int, object]]], path: Path) -> None:
+    """Each row's seeds as dots and their mean as a bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * len(rows)))
+    for i, (_, values) in enumerate(rows):
+        ax.barh(i, statistics.fmean(values.values()), color="0.85")
+        ax.plot(list(values.values()), [i] * len(values), "o", color="C0")
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{experiment.figure_key} (bars: mean over seeds; dots: seeds)")
+    ax.set_title(experiment.title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def results_page(results: Results, root: Path, figures: Path | None) -> str:
+    every = results.all()
+    lines = [HEADER, "", "# Results", ""]
+    if not every:
+        return "\n".join(lines + ["No results yet: `python -m vaells.results run quick --jobs 2`.", ""])
+    machines = sorted({f"{r['machine']['cpus']} CPUs ({r['machine']['processor']}), "
+                       f"GPU: {r['machine']['gpu'] or 'none'}, torch {r['machine']['torch']}, {r['threads']} thread(s)"
+                       for r in every})
+    data = sorted({r["data"] for r in every})
+    dates = sorted(r["date"][:10] for r in every)
+    lines += [
+        "Every number here is read from a file under `results/`, written by `python -m vaells.results run SUITE` "
+        "(`quick`: the synthetic experiments; `paper`: every experiment, model and seed, and Table 2); "
+        "`python -m vaells.results render` writes this page. Each job's own command, commit, date, machine and wall "
+        "time are in its file. Metric definitions and their controls: [metrics](metrics.md).",
+        "",
+        "Cells: the mean ± sd over seeds, then each seed's value in brackets. `commit`: the code that computed the row;"
+        " *stale* when the code that computes results (`vaells/`, `conf/`) has changed since.",
+        "",
+        f"- Machines: {'; '.join(machines)}.",
+        f"- Data: {'; '.join(data)}.",
+        f"- Measured: {dates[0]} to {dates[-1]}, {len(every)} jobs.",
+        "",
+        "## The paper's claims", "", *claims_table(results, ""), "",
+    ]
+    for experiment in EXPERIMENTS:
+        lines += [f"## {experiment.title}", ""]
+        if not any(job.split("/")[0] == experiment.name for job in results.by_job):
+            lines += ["No results yet: `python -m vaells.results run paper`.", ""]
+            continue
+        rows = figure_rows(experiment, results)
+        if rows:
+            if figures is not None:
+                draw_figure(experiment, rows, figures / f"{experiment.name}.png")
+            lines += [f"![{experiment.title}: {experiment.figure_key} per row and seed]"
+                      f"(figures/results/{experiment.name}.png)", ""]
+        for table in experiment.tables:
+            lines += render_table(table, results, root)
+        times = [(label, results.by_job.get(f"{experiment.name}/{m}", {})) for m, label in
+                 (("vaells", "VAELLS"), *((b, b) for b in BASELINES))]
+        times = [f"{label} {number(statistics.fmean(r['wall_time_s'] for r in seeds.values()))} s"
+                 for label, seeds in times if seeds]
+        if times:
+            lines += ["Wall time per job, training and evaluation, mean over seeds: " + ", ".join(times) + ".", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def readme_blocks(results: Results) -> dict[str, str]:
+    """The README's generated blocks: the quick start's expectation, the experiments' run times, the claims."""
+    quick = results.by_job.get("swiss_roll/vaells", {}).get(0)
+    if quick:
+        m = quick["metrics"]
+        quickstart = (f"On a {quick['machine']['cpus']}-CPU machine without a GPU, `python train.py` took "
+                      f"{number(quick['wall_time_s'])} s ({number(quick['train_time_s'] or 0)} s of training, then the "
+                      f"test-split evaluation). Expect `mse` {number(m['mse'])}, a single operator that reads "
+                      f"\"{m['operator_reading'][0]}\", and transport paths with `path_manifold_error` "
+                      f"{number(m['path_manifold_error'])} against {number(m['linear_path_manifold_error'])} for "
+                      "straight lines ([all results](docs/results.md#swiss-roll)).")
+    else:
+        quickstart = "No result yet for the swiss roll at seed 0: `python -m vaells.results run quick`."
+    rows = ["| experiment | VAELLS | baselines | seeds |", "| --- | --- | --- | --- |"]
+    for experiment in EXPERIMENTS:
+        own = results.by_job.get(f"{experiment.name}/vaells", {})
+        others = [r["wall_time_s"] for b in BASELINES
+                  for r in results.by_job.get(f"{experiment.name}/{b}", {}).values()]
+        if own:
+            span = f"{number(min(others))}-{number(max(others))} s" if others else "–"
+            own_time = number(statistics.fmean(r["wall_time_s"] for r in own.values()))
+            rows.append(f"| {experiment.title} | {own_time} s | {span} | {len(own)} |")
+    times = "Wall time of one run on the machine of [the results](docs/results.md) (training and evaluation):\n\n" + \
+        "\n".join(rows)
+    return {"quickstart": quickstart, "times": times, "glance": "\n".join(claims_table(results, "docs/results.md"))}
+
+
+def fill_blocks(text: str, blocks: dict[str, str], path: Path) -> str:
+    for name, body in blocks.items():
+        start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
+        if start not in text or end not in text:
+            raise ValueError(f"{path} lacks the markers {start} and {end} that render fills")
+        head, rest = text.split(start, 1)
+        text = f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
+    return text
+
+
+def rendered(results_dir: Path, root: Path, figures: bool) -> dict[Path, str]:
+    results = Results(results_dir)
+    readme = root / "README.md"
+    out = {root / "docs" / "results.md": results_page(results, root,
+                                                      root / "docs" / "figures" / "results" if figures else None)}
+    out[readme] = fill_blocks(readme.read_text(), readme_blocks(results), readme)
+    return out
+
+
+def render_all(results_dir: Path, root: Path) -> list[Path]:
+    written = []
+    for path, text in rendered(results_dir, root, figures=True).items():
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+        written.append(path)
+    return written
+
+
+def check_rendered(results_dir: Path, root: Path) -> list[tuple[Path, str]]:
+    """Each file whose text differs from what render writes, with the unified diff."""
+    differing = []
+    for path, text in rendered(results_dir, root, figures=False).items():
+        current = path.read_text() if path.is_file() else ""
+        if current != text:
+            diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(path),
+                                                "render", n=1))
+            differing.append((path, diff))
+    return differing

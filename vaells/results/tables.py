@@ -1,0 +1,107 @@
+"""What ``docs/results.md`` shows for each experiment: its tables (rows of a model or of a control, columns of
+``metrics.json`` keys; docs/metrics.md) and the paper's claims, each tested on the results over seeds.
+
+A row names the job it reads (``experiment/model``, or ``table2/vaells/M2_Na8``) and how each column's key reads
+for it: ``"{}"`` is the column's own key, ``"linear_{}"`` the linear path's, ``"{}_zero_psi"`` a control's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BASELINES = ("vae", "vampprior", "svae")
+MODEL_LABELS = {"vaells": "VAELLS", "vae": "VAE", "vampprior": "VampPrior", "svae": "SVAE"}
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    job: str  # the job's name less its seed: experiment/model[/...]
+    key: str | dict[str, str] = "{}"  # a format of the column's key, or each column's key
+
+    def key_for(self, column: str) -> str | None:
+        if isinstance(self.key, dict):
+            return self.key.get(column)
+        return self.key.format(column)
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[Row, ...]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    tables: tuple[Table, ...]
+    figure_key: str = ""  # the headline metric drawn per row and seed in docs/figures/results/<name>.png
+    claims: tuple[str, ...] = field(default_factory=tuple)
+
+
+def model_rows(experiment: str, key: str = "{}") -> tuple[Row, ...]:
+    return tuple(Row(MODEL_LABELS[m], f"{experiment}/{m}", key) for m in ("vaells", *BASELINES))
+
+
+def vaells_controls(experiment: str, *, linear: bool = False) -> tuple[Row, ...]:
+    job = f"{experiment}/vaells"
+    rows = (Row("VAELLS", job), Row("linear path (control)", job, "linear_{}")) if linear else (Row("VAELLS", job),)
+    return rows + (Row("Psi = 0 (control)", job, "{}_zero_psi"), Row("Psi at its initialisation (control)", job,
+                                                                          "{}_init_psi"))
+
+
+def likelihood_table(experiment: str) -> Table:
+    recipe = {"log_likelihood": "log_likelihood_release_recipe",
+              "log_likelihood_stderr": "log_likelihood_release_recipe_stderr"}
+    return Table("Log-likelihood: a stochastic lower bound on log p(x) for every model, K = 100 (nats)",
+                 ("log_likelihood", "log_likelihood_stderr"),
+                 (*model_rows(experiment), Row("VAELLS, the release's recipe (not a bound)", f"{experiment}/vaells",
+                                               recipe)))
+
+
+def synthetic(name: str, title: str) -> Experiment:
+    job = f"{name}/vaells"
+    prior_rows = (Row("VAELLS, sampled at b = 1 / post_l1", job),
+                  Row("VAELLS, at the loss's b = 1 / prior_l1", job, {"prior_fit": "prior_fit_loss_scale"}),
+                  Row("anchor point mass (control)", job, {"prior_fit": "prior_fit_anchor_points"}),
+                  *model_rows(name)[1:])
+    return Experiment(name, title, (
+        Table("Transport paths between test pairs", ("path_manifold_error", "path_endpoint_error",
+                                                     "path_endpoint_distance"), vaells_controls(name, linear=True)),
+        Table("The prior's fit to the data (decoded prior samples against the noiseless manifold)",
+              ("prior_fit", "prior_manifold_error", "prior_coverage_error"), prior_rows),
+        Table("Reconstruction, neighbourhoods and the operators",
+              ("mse", "sample_mse", "trustworthiness", "knn_accuracy", "operator_reading"), model_rows(name)),
+        likelihood_table(name),
+    ), figure_key="path_manifold_error", claims=(f"{name}_paths", f"{name}_prior"))
+
+
+EXPERIMENTS = (
+    synthetic("swiss_roll", "Swiss roll"),
+    synthetic("concentric_circles", "Concentric circles"),
+    Experiment("rotated_mnist", "Rotated MNIST", (
+        Table("Rotation along the transport paths (VAELLS and its controls)",
+              ("rotation_order", "rotation_match", "rotation_ceiling"), vaells_controls("rotated_mnist")),
+        Table("Posterior samples at matched variation, every model",
+              ("rotation_share_matched", "matched_spread"), model_rows("rotated_mnist")),
+        Table("Reconstruction and classes", ("mse", "sample_mse", "knn_accuracy"), model_rows("rotated_mnist")),
+        likelihood_table("rotated_mnist"),
+    ), figure_key="rotation_order", claims=("rotated_mnist_rotation",)),
+    Experiment("natural_mnist", "Natural MNIST", (
+        Table("Class preservation of posterior samples", ("class_preservation_matched", "class_preservation",
+                                                          "class_preservation_ceiling", "matched_spread"),
+              (*model_rows("natural_mnist"), Row("VAELLS, Psi at its initialisation (control)",
+                                                 "natural_mnist/vaells", "{}_init_psi"))),
+        Table("Reconstruction and classes", ("mse", "sample_mse", "knn_accuracy"), model_rows("natural_mnist")),
+        likelihood_table("natural_mnist"),
+    ), figure_key="class_preservation_matched", claims=("natural_mnist_classes",)),
+    Experiment("table2", "Table 2: VAELLS on natural MNIST at five (M, N_a)", (
+        Table("Log-likelihood (bound, K = 100) and reconstruction by number of operators M and anchors per class N_a",
+              ("log_likelihood", "log_likelihood_stderr", "log_likelihood_release_recipe", "mse"),
+              tuple(Row(f"M = {r[1]}, N_a = {r.split('Na')[1]}", f"table2/vaells/{r}")
+                    for r in ("M2_Na8", "M4_Na8", "M8_Na8", "M4_Na12", "M4_Na16"))),
+    ), figure_key="log_likelihood", claims=("table2_operators",)),
+)
