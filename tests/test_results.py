@@ -131,12 +131,12 @@ def test_a_suite_runs_through_hydra_writes_results_and_resumes(tmp_path):
                      "    overrides: [trainer.max_epochs=1, ll_points=10, '~callbacks.latent_figures']\n")
     results = tmp_path / "results"
     command = [sys.executable, "-m", "vaells.results", "run", str(suite), "--results", str(results)]
-    first = subprocess.run(command + ["--jobs", "2"], cwd=tmp_path, capture_output=True, text=True)
+    first = subprocess.run(command + ["--jobs", "2", "ll_seed=0"], cwd=tmp_path, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout + first.stderr
     result = json.loads((results / "concentric_circles/vae/seed1.json").read_text())
     assert result["command"] == ("python train.py experiment=concentric_circles model=vae seed=1 "
-                                 "trainer.max_epochs=1 ll_points=10 ~callbacks.latent_figures")
-    assert result["suite_command"].endswith("--jobs 2") and result["threads"] == 1
+                                 "trainer.max_epochs=1 ll_points=10 ~callbacks.latent_figures ll_seed=0")
+    assert result["suite_command"].endswith("--jobs 2 ll_seed=0") and result["threads"] == 1
     assert len(result["commit"]) == 40 and result["machine"]["cpus"] >= 1 and result["wall_time_s"] > 0
     assert result["metrics"]["train_epochs"] == 1 and "log_likelihood" in result["metrics"]
     assert not list(results.rglob("*.ckpt"))

@@ -88,7 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     render_parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     render_parser.add_argument("--check", action="store_true",
                                help="write nothing; exit 1 when the files differ from what render writes")
-    args = parser.parse_args(argv)
+    # Overrides may come before or after the options (run quick --jobs 2 data.root=DIR): argparse's positional
+    # list stops at the first option, so what follows it arrives here.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or args.command != "run"]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "run":
+        args.overrides += extra
     return run(args) if args.command == "run" else render(args)
 
 
