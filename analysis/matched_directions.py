@@ -12,7 +12,8 @@ each trained run it scores its own posterior samples and, on the same encoder an
 eps ~ N(0, I) isotropic, each at the spread whose decoded samples change the digit by ``--variation`` (the
 evaluation's matched variation). If a model's own samples keep the class more often than isotropic noise does on
 its own autoencoder, its posterior's directions are the better ones. This is an investigation, not a
-benchmark: results from it are recorded in docs/notes/analysis-history.md and the README, never here.
+benchmark: results from it are recorded in docs/notes/ (analysis-history.md
+and the notes it names), never here.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ on the same held-out test digits:
               operators that move nothing: the strongest pull the VAELLS prior can exert)
 
 Prints a table, then one JSON line; runs on one CPU thread.
-Results from it are recorded in docs/notes/analysis-history.md and the README, never here.
+Results from it are recorded in docs/notes/ (analysis-history.md and the
+notes it names), never here.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ only a short way along an orbit from its anchor, and the prior is a tight blob a
 Fig. 3b draws the prior "with increased b" for that reason. This script scores the same trained prior (eq. 8,
 the anchors and operators as learned) at b x k, so a reader sees whether the operators' orbits carry the prior
 along the manifold (coverage falls while the manifold error stays low) or off it. Results from it are recorded
-in docs/notes/analysis-history.md and the README, never here.
+in docs/notes/ (analysis-history.md and the notes it names), never here.
 """
 
 from __future__ import annotations

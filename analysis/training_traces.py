@@ -7,8 +7,8 @@
 A TensorBoard scalar over training for several runs: one figure (``--out``), one table, one JSON line. It
 shows when a run learns what it is meant to, or loses it: for rotated MNIST, ``val/rotation_order``
 (``vaells.training.monitors.OperatorMonitor``, on fixed validation digits at every validation), for any run the
-operators' ``val/psi_norm_m`` or ``val/psi_drift_m``. The README's figure docs/figures/rotation_order_traces.png
-comes from it (its command is in docs/notes/analysis-history.md).
+operators' ``val/psi_norm_m`` or ``val/psi_drift_m``. The figure docs/figures/rotation_order_traces.png (docs/notes/
+rotated-mnist.md) comes from it (its command is in docs/notes/analysis-history.md).
 
 The x axis is the module's batch counter (warm-up included), so runs of one experiment line up; with
 ``--from-vaells`` it counts from each run's first VAELLS batch instead, so that a run whose warm-up was trained

@@ -1,4 +1,4 @@
-"""Faults a run must survive or refuse up front (README, "Resume, interruption and multi-process training"):
+"""Faults a run must survive or refuse up front (docs/running.md, "Resume and interruption"):
 
 * a batch whose input holds a NaN is skipped and counted like a non-finite loss, in the warm-up and after it;
 * a VAELLS ``model.noise_std`` of 0 is refused before any work: the Gaussian terms of q(z|x) and p(z) divide by

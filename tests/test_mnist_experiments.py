@@ -227,7 +227,7 @@ def test_rotation_metrics_pass_for_a_rotation_and_fail_without_one(mnist_root: P
     assert bad["rotation_ceiling"] > 0.99  # the same perfect autoencoder ...
     assert bad["rotation_match"] < 0.8 * bad["rotation_ceiling"]  # ... but its operator does not rotate
     assert bad["rotation_order"] < 0.5
-    assert set(good) <= documented_metrics()  # README, "What evaluate.py reports"
+    assert set(good) <= documented_metrics()  # docs/metrics.md, "Every key"
 
 
 class ShearOracle(RotationOracle):

@@ -121,29 +121,33 @@ def test_a_result_is_stale_once_the_code_that_computed_it_changes():
 
 def test_the_claims_table_says_when_there_are_no_results(tmp_path):
     lines = claims_table(Results(tmp_path), "docs/results.md")
-    assert len(lines) == 2 + 7 and all(line.endswith("| no results yet |") for line in lines[2:])
+    assert len(lines) == 2 + 9 and all(line.endswith("| no results yet |") for line in lines[2:])
 
 
 @pytest.mark.e2e
 def test_a_suite_runs_through_hydra_writes_results_and_resumes(tmp_path):
     suite = tmp_path / "tiny.yaml"
-    suite.write_text("groups:\n  - experiment: [concentric_circles]\n    model: [vae]\n    seed: [0, 1]\n"
+    suite.write_text("groups:\n  - experiment: [concentric_circles]\n    model: [vae, vaells]\n    seed: [0]\n"
                      "    overrides: [trainer.max_epochs=1, ll_points=10, '~callbacks.latent_figures']\n")
     results = tmp_path / "results"
     command = [sys.executable, "-m", "vaells.results", "run", str(suite), "--results", str(results)]
-    first = subprocess.run(command + ["--jobs", "2", "ll_seed=0"], cwd=tmp_path, capture_output=True, text=True)
+    # model.num_operators: a key of VAELLS's config only, so the VAE's job runs without it
+    first = subprocess.run(command + ["--jobs", "2", "model.num_operators=1", "ll_seed=0"], cwd=tmp_path,
+                           capture_output=True, text=True)
     assert first.returncode == 0, first.stdout + first.stderr
-    result = json.loads((results / "concentric_circles/vae/seed1.json").read_text())
-    assert result["command"] == ("python train.py experiment=concentric_circles model=vae seed=1 "
-                                 "trainer.max_epochs=1 ll_points=10 ~callbacks.latent_figures ll_seed=0")
-    assert result["suite_command"].endswith("--jobs 2 ll_seed=0") and result["threads"] == 1
-    assert len(result["commit"]) == 40 and result["machine"]["cpus"] >= 1 and result["wall_time_s"] > 0
-    assert result["metrics"]["train_epochs"] == 1 and "log_likelihood" in result["metrics"]
+    vae = json.loads((results / "concentric_circles/vae/seed0.json").read_text())
+    vaells = json.loads((results / "concentric_circles/vaells/seed0.json").read_text())
+    assert vae["command"] == ("python train.py experiment=concentric_circles model=vae seed=0 "
+                              "trainer.max_epochs=1 ll_points=10 ~callbacks.latent_figures ll_seed=0")
+    assert vaells["command"].endswith("~callbacks.latent_figures model.num_operators=1 ll_seed=0")
+    assert vae["suite_command"].endswith("--jobs 2 model.num_operators=1 ll_seed=0") and vae["threads"] == 1
+    assert len(vae["commit"]) == 40 and vae["machine"]["cpus"] >= 1 and vae["wall_time_s"] > 0
+    assert vae["metrics"]["train_epochs"] == 1 and "log_likelihood" in vaells["metrics"]
     assert not list(results.rglob("*.ckpt"))
     # one result gone: only that job runs again
     (results / "concentric_circles/vae/seed0.json").unlink()
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0 and "2 jobs, 1 with results" in again.stdout, again.stdout + again.stderr
-    assert json.loads((results / "concentric_circles/vae/seed1.json").read_text())["date"] == result["date"]
+    assert json.loads((results / "concentric_circles/vaells/seed0.json").read_text())["date"] == vaells["date"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert "0 to run" in done.stdout and len(list((tmp_path / "multirun/train").iterdir())) == 2

@@ -1,5 +1,5 @@
 """Never lose work: exact resume after SIGKILL and SIGTERM, resuming from the run alone, skipped non-finite steps,
-figure failures, and same-seed determinism (README, "Resume, interruption and multi-process training").
+figure failures, and same-seed determinism (docs/running.md, "Resume and interruption").
 
 The kill tests run ``train.py`` in subprocesses (a killed process cannot be the test's own); the fast versions train
 the swiss roll (the experiment that alternates network and operator phases) on 240 points, 8 batches an epoch, with

@@ -96,7 +96,7 @@ def test_a_short_run_its_logs_and_its_evaluation_beside_it(tmp_path: Path, cli) 
     assert metrics["experiment"] == "concentric_circles" and metrics["model"] == "vaells"
     assert metrics["overrides"]["data.num_test_per_class"] == "40" and metrics["overrides"]["trainer.max_epochs"]
     assert metrics["ckpt_path"].endswith("last.ckpt") and metrics["num_test"] == 80
-    assert set(metrics) <= documented_metrics(), set(metrics) - documented_metrics()  # README explains each
+    assert set(metrics) <= documented_metrics(), set(metrics) - documented_metrics()  # docs/metrics.md explains each
     for step in ("test split: mse and the objective", "latent structure", "comparative metrics", "figures"):
         assert re.search(rf"{re.escape(step)}.*done in", out), step
     # The best checkpoint without quoting its "=", and elsewhere on request.

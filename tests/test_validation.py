@@ -1,4 +1,4 @@
-"""Settings that cannot run stop before any work (vaells/app/validation.py; README, "Runs, evaluation and logs"):
+"""Settings that cannot run stop before any work (vaells/app/validation.py; docs/running.md, "Runs and output folders"):
 each failure names the field, its value and the fix in a line or two, without a traceback, before the data loads
 (or, for what needs the data, before training), and leaves no run folder or checkpoint behind. Every shipped
 config passes the same checks.

@@ -18,21 +18,40 @@ log = logging.getLogger(__name__)
 
 
 class SuiteSweeper(BasicSweeper):
-    """Launches the jobs of ``suite`` (``conf/suite/``) that have no result in ``results_dir``, each with the
-    command line's own overrides after the job's."""
+    """Launches the jobs of ``suite`` (``conf/suite/``) that have no result in ``results_dir``. Each job gets its
+    own overrides, then the ``shared`` ones that apply to it, then the command line's own (which every job's config,
+    and the primary one, must accept)."""
 
-    def __init__(self, suite: str, results_dir: str = "results", max_batch_size: int | None = None,
-                 params: dict[str, str] | None = None) -> None:
+    def __init__(self, suite: str, results_dir: str = "results", shared: list[str] | None = None,
+                 max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
         # params: an experiment's own sweep (experiment=table2's rows); a suite names its jobs itself.
         super().__init__(max_batch_size=max_batch_size, params=None)
         self.suite = suite
         self.results_dir = Path(results_dir)
+        self.shared = list(shared or [])
+
+    def shared_for(self, job_overrides: list[str]) -> list[str]:
+        """The shared overrides that apply to one job: those whose key its config has (``data.root`` reaches the
+        MNIST jobs only), and every ``+key`` addition."""
+        from omegaconf import OmegaConf
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        config = self.hydra_context.config_loader.load_sweep_config(master_config=self.config,
+                                                                    sweep_overrides=job_overrides)
+        keep = []
+        for override in parser.parse_overrides(self.shared):
+            key = override.key_or_group
+            if override.is_add() or OmegaConf.select(config, key, default=None) is not None or \
+                    key in config.hydra.runtime.choices:
+                keep.append(override.input_line)
+        return keep
 
     def sweep(self, arguments: list[str]) -> Any:
         from vaells.results.suites import load_suite, pending_jobs
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        swept = [o.input_line for o in parser.parse_overrides(list(arguments)) if o.is_sweep_override()]
+        swept = [o.input_line for o in parser.parse_overrides(list(arguments) + self.shared)
+                 if o.is_sweep_override()]
         if swept:
             raise HydraException(f"a suite names its own jobs; these overrides sweep: {swept}. Give one value each, "
                                  "or add a group to the suite file (conf/suite/)")
@@ -40,7 +59,13 @@ class SuiteSweeper(BasicSweeper):
         pending = pending_jobs(jobs, self.results_dir)
         log.info("suite %s: %d of %d jobs to run (%d have results in %s)", self.suite, len(pending), len(jobs),
                  len(jobs) - len(pending), self.results_dir)
-        batch = [list(job.overrides) + list(arguments) for job in pending]
+        batch = []
+        for job in pending:
+            shared = self.shared_for(list(job.overrides)) if self.shared else []
+            skipped = sorted(set(self.shared) - set(shared))
+            if skipped:
+                log.info("%s: %s not applied (not keys of its config)", job.name, " ".join(skipped))
+            batch.append(list(job.overrides) + shared + list(arguments))
         size = self.max_batch_size or max(len(batch), 1)
         self.overrides = [batch[i : i + size] for i in range(0, len(batch), size)]
         return self._launch_all()

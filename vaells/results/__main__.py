@@ -23,12 +23,21 @@ def launch_command(suite: str, jobs: int, launcher: str | None, results_dir: Pat
                "+hydra.callbacks.results._target_=vaells.results.writer.ResultWriter",
                f"+hydra.callbacks.results.suite={suite}", f"+hydra.callbacks.results.results_dir={results_dir}",
                f"+hydra.callbacks.results.suite_command='{suite_command}'"]
+    if overrides:  # through the sweeper, not the command line: the primary config need not have their keys
+        command.append("hydra.sweeper.shared=[" + ",".join(quote(o) for o in overrides) + "]")
     launcher = launcher or ("joblib" if jobs > 1 else None)
     if launcher == "joblib":
         command += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
     elif launcher == "slurm":
         command += ["hydra/launcher=slurm", f"hydra.launcher.array_parallelism={jobs}"]
-    return command + overrides
+    return command
+
+
+def quote(override: str) -> str:
+    """One override as an element of a Hydra list override (a quoted string)."""
+    if "'" in override:
+        raise ValueError(f"override {override!r}: a suite's shared overrides cannot hold a single quote")
+    return f"'{override}'"
 
 
 def run(args: argparse.Namespace) -> int:

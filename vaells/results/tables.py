@@ -78,7 +78,8 @@ def synthetic(name: str, title: str) -> Experiment:
         Table("Reconstruction, neighbourhoods and the operators",
               ("mse", "sample_mse", "trustworthiness", "knn_accuracy", "operator_reading"), model_rows(name)),
         likelihood_table(name),
-    ), figure_key="path_manifold_error", claims=(f"{name}_paths", f"{name}_prior"))
+    ), figure_key="path_manifold_error", claims=(f"{name}_paths", f"{name}_prior",
+                                                                     f"{name}_prior_loss_scale"))
 
 
 EXPERIMENTS = (
