@@ -96,7 +96,7 @@ def render_table(table: Table, results: Results, root: Path) -> list[str]:
         seeds = sorted(results.by_job.get(row.job, {}))
         commit = provenance(list(results.by_job[row.job].values()), root) if seeds else "no results"
         lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {', '.join(map(str, seeds)) or '–'} | {commit} |")
-    return lines + ([table.note] if table.note else []) + [""]
+    return lines + (["", table.note] if table.note else []) + [""]
 
 
 # The paper's claims, each a test on the results over seeds: (text, section, function -> (number, verdict)).
