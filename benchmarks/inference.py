@@ -16,6 +16,15 @@ solvers' settings (20 iterations, ftol 1e-10, float32 Jacobian), reported as mic
     python benchmarks/inference.py --device cuda   # the project's solver on a GPU (reference stays on CPU)
     python benchmarks/inference.py --settings swiss_roll --repeats 3
     python benchmarks/inference.py --settings swiss_roll --repeats 1 --throughput-pairs 50   # a quick check
+    python benchmarks/inference.py --checkpoint RUN [RUN ...] [--batches 5]   # a trained run's own problems
+
+Planted problems do not behave like a trained model's. ``--checkpoint`` takes the problems that training steps of
+a trained VAELLS run solve: its training batches through its own forward pass (``forward_terms``: its posterior
+sample, anchors and solvers, the posterior warm-started from the sampled c), captured where they reach
+``infer_jointly``. It times them as training solves them (``us_per_pair``, ``mean_iters``, ``at_cap``: the share
+of pairs that use every iteration), then solves the same problems from the same starts with 10 times the
+iteration cap: ``energy_ratio_median`` (training budget / converged) says how close to its optimum the training
+budget leaves a pair.
 """
 
 from __future__ import annotations
@@ -170,6 +179,77 @@ def time_reference(p: dict, s: Setting) -> tuple[float, np.ndarray]:
     return elapsed, torch.cat([e_prior, e_post]).numpy()
 
 
+def checkpoint_requests(path: str, batches: int, seed: int) -> list[tuple[torch.Tensor, list]]:
+    """(Psi, requests) of ``infer_jointly`` for ``batches`` training batches of a trained VAELLS run, as its
+    training steps make them (module docstring)."""
+    from unittest import mock
+
+    import vaells
+    import vaells.models.vaells as vaells_model
+
+    run = vaells.load(path)
+    model = run.model
+    if not run.has_operators:
+        raise SystemExit(f"{path}: a {type(model).__name__} run has no coefficient inference to benchmark")
+    dm = run.datamodule
+    dm.setup("fit")
+    phase = model.schedule.phase(model.schedule.warmup_steps)  # the first batch after the warm-up
+    weights = model.schedule.weights(model.weights, phase)
+    captured, solve = [], vaells_model.infer_jointly
+
+    def capture(psi, requests):
+        captured.append((psi.detach(), [(sv, z0.detach(), z1.detach(), None if c0 is None else c0.detach())
+                                         for sv, z0, z1, c0 in requests]))
+        return solve(psi, requests)
+
+    torch.manual_seed(seed)
+    with mock.patch.object(vaells_model, "infer_jointly", capture), torch.no_grad():
+        for batch, _ in zip(dm.train_dataloader(), range(batches), strict=False):
+            model.forward_terms(batch, weights)
+    return captured
+
+
+def solve_captured(captured: list, seed: int, iteration_factor: int = 1) -> tuple[float, list]:
+    """Seconds to solve every captured step's requests (the prior's restarts drawn from ``seed``), and the
+    results; ``iteration_factor`` raises every solver's cap."""
+    elapsed, results = 0.0, []
+    for psi, requests in captured:
+        if iteration_factor != 1:
+            requests = [(_scaled(sv, iteration_factor), z0, z1, c0) for sv, z0, z1, c0 in requests]
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        results.append(infer_jointly(psi, requests))
+        elapsed += time.perf_counter() - start
+    return elapsed, results
+
+
+def _scaled(solver: CoefficientSolver, factor: int) -> CoefficientSolver:
+    import copy
+
+    scaled = copy.copy(solver)
+    scaled.max_iter = solver.max_iter * factor
+    return scaled
+
+
+def checkpoint_row(path: str, batches: int, seed: int) -> dict:
+    captured = checkpoint_requests(path, batches, seed)
+    solve_captured(captured[:1], seed)  # warm-up
+    t_train, trained = solve_captured(captured, seed)
+    _, converged = solve_captured(captured, seed, iteration_factor=10)
+    caps = [sv.max_iter for _, requests in captured for sv, *_ in requests]
+    energies = torch.cat([r.energy.flatten() for step in trained for r in step]).double()
+    best = torch.cat([r.energy.flatten() for step in converged for r in step]).double()
+    iters = torch.cat([r.num_iters.flatten() for step in trained for r in step]).double()
+    cap = torch.cat([torch.full_like(r.num_iters.flatten(), sv.max_iter, dtype=torch.float64)
+                     for (_, requests), step in zip(captured, trained, strict=True)
+                     for (sv, *_), r in zip(requests, step, strict=True)])
+    pairs = int(energies.numel())
+    return {"pairs": pairs, "batches": len(captured), "us_per_pair": 1e6 * t_train / pairs,
+            "mean_iters": float(iters.mean()), "at_cap": float((iters >= cap).double().mean()),
+            "max_iter": max(caps), "energy_median": float(energies.median()),
+            "energy_ratio_median": float(((energies + 1e-9) / (best + 1e-9)).median())}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -181,7 +261,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--jacobian-dtype", default=None, help="the solvers' jacobian_dtype (default: theirs)")
     parser.add_argument("--throughput-pairs", type=int, default=20000,
                         help="pairs of the throughput run (at training settings); 0 skips it")
+    parser.add_argument("--checkpoint", nargs="+", default=None,
+                        help="trained VAELLS runs (folders or .ckpt): their own training problems instead")
+    parser.add_argument("--batches", type=int, default=5, help="training batches per checkpoint")
     args = parser.parse_args(argv)
+    if args.checkpoint:
+        return checkpoint_main(args)
     if args.repeats < 1 or args.throughput_pairs < 0 or not args.settings:
         parser.error("need --repeats >= 1, --throughput-pairs >= 0 and at least one setting")
     torch.set_num_threads(args.threads)
@@ -237,6 +322,23 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
     }
     assert all(math.isfinite(v) for v in speedups)
+    print(json.dumps(summary))
+    return summary
+
+
+def checkpoint_main(args: argparse.Namespace) -> dict:
+    if args.batches < 1:
+        raise SystemExit(f"--batches must be at least 1, got {args.batches}")
+    torch.set_num_threads(args.threads)
+    header = f"{'checkpoint':<48}{'pairs':>8}{'us/pair':>10}{'iters':>7}{'at cap':>8}{'E med':>12}{'E/E_conv':>10}"
+    print(header)
+    print("-" * len(header))
+    rows = {}
+    for path in args.checkpoint:
+        row = rows[path] = checkpoint_row(path, args.batches, args.seed)
+        print(f"{path[-48:]:<48}{row['pairs']:>8}{row['us_per_pair']:>10.1f}{row['mean_iters']:>7.1f}"
+              f"{row['at_cap']:>8.2f}{row['energy_median']:>12.3e}{row['energy_ratio_median']:>10.3f}", flush=True)
+    summary = {"checkpoints": rows, "device": "cpu", "threads": torch.get_num_threads()}
     print(json.dumps(summary))
     return summary
 

@@ -134,6 +134,20 @@ def test_inference_benchmark_tiny(capsys):
         inference.main(["--settings", "swiss_roll", "--repeats", "0"])
 
 
+def test_inference_benchmark_on_a_trained_checkpoint(capsys):
+    """--checkpoint: the problems of a trained run's own training batches, at its budget and converged."""
+    inference = load_script(ROOT / "benchmarks" / "inference.py")
+    ckpt = str(ROOT / "tests" / "fixtures" / "swiss_roll_5b90a44" / "last.ckpt")
+    summary = run_main(inference, ["--checkpoint", ckpt, "--batches", "2"], capsys)
+    row = summary["checkpoints"][ckpt]
+    assert row["batches"] == 2 and row["pairs"] == 2 * 30 * (4 + 1)  # per batch: 30 posterior, 30 x 4 prior pairs
+    assert finite_positive(row["us_per_pair"]) and 0 < row["mean_iters"] <= row["max_iter"] == 20
+    assert 0.0 <= row["at_cap"] <= 1.0
+    assert 0.5 < row["energy_ratio_median"] < 1.5  # the training budget's energies against the converged ones
+    with pytest.raises(SystemExit, match="batches"):
+        inference.main(["--checkpoint", ckpt, "--batches", "0"])
+
+
 def test_likelihood_benchmark_tiny(capsys):
     """A random-init natural-MNIST VAELLS on random images (no data): 2 points, K = 2, one anchor per class, the
     reference on one point."""
