@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                             help="Hydra launcher (default: joblib when --jobs > 1, else one job after another)")
     run_parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where results go (default: results/)")
     run_parser.add_argument("--dry-run", action="store_true", help="list the pending jobs and the command only")
-    run_parser.add_argument("overrides", nargs="*", help="overrides for every job whose config has the key, e.g. data.root=DIR")
+    run_parser.add_argument("overrides", nargs="*",
+                            help="overrides for every job whose config has the key, e.g. data.root=DIR")
     render_parser = commands.add_parser("render", help="write docs/results.md, its figures and the README's tables")
     render_parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     render_parser.add_argument("--check", action="store_true",
