@@ -1,11 +1,12 @@
-"""Question: when a synthetic VAELLS run's transport paths miss (swiss roll, seed 2), is it the operator that
-training found, or the latent layout that the encoder gave it? Answer: printed table.
+"""Question: do a synthetic run's paths miss for its learned operator or its latent layout? Answer: printed table.
 
     python analysis/best_operator.py RUN [RUN ...] [--pairs 100] [--evals 300]
 
-For each run (M = 1, d = 2), with the trained encoder and decoder frozen, this fits the one operator Psi (a 2 x 2
-matrix) by Nelder-Mead to the run's own validation pairs, minimising ``path_manifold_error`` (the journey's score,
-``vaells.evaluation.paths.path_scores``), and then scores it once on the test pairs that ``evaluate.py`` draws:
+When a synthetic VAELLS run's transport paths miss (swiss roll, seed 2), is it the operator that training found, or
+the latent layout that the encoder gave it? For each run (M = 1, d = 2), with the trained encoder and decoder
+frozen, this fits the one operator Psi (a 2 x 2 matrix) by Nelder-Mead to the run's own validation pairs,
+minimising ``path_manifold_error`` (the journey's score, ``vaells.evaluation.paths.path_scores``), and then scores
+it once on the test pairs that ``evaluate.py`` draws:
 
 - ``learned``: Psi as trained (the run's own ``path_*`` numbers, recomputed);
 - ``best Psi``: the best linear flow for this layout. If it meets the targets where the learned one does not, the

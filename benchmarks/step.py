@@ -20,6 +20,11 @@ loop). ``step_ms`` is the schedule's mean over its VAELLS phases (alternating: w
     python benchmarks/step.py --experiments swiss_roll concentric_circles --steps 10
     python benchmarks/step.py --root /path/to/mnist --experiments natural_mnist --overrides KEY=VALUE
     python benchmarks/step.py --experiments swiss_roll --steps 1 --warmup 0 --reference-steps 0   # a quick check
+    python benchmarks/step.py --checkpoint RUN [RUN ...] --root /path/to/mnist   # trained runs' own state
+
+``--checkpoint`` times the steps of trained VAELLS runs instead of freshly initialised ones: each run's experiment
+(its default config, as the run must have trained it) with the run's trained networks, operators and anchors. A
+trained model's inference problems differ from an initial one's (``benchmarks/inference.py --checkpoint``).
 
 MNIST experiments need ``--root`` (a folder holding MNIST/raw); without it they are skipped. Prints a table,
 then one JSON line: ``{"settings": {name: {"step_ms", "reference_step_ms", "ae_step_ms", "speedup",
@@ -180,12 +185,17 @@ def experiment_config(name: str, args, root_dir: str) -> DictConfig:
     return cfg
 
 
-def bench_experiment(name: str, args) -> dict:
+def bench_experiment(name: str, args, state: dict | None = None, run_overrides: tuple[str, ...] = ()) -> dict:
+    """``state``: a trained run's state dict to time instead of the initialisation, and ``run_overrides`` the
+    model, backbone and data settings it trained with."""
     root_dir = tempfile.mkdtemp()
-    cfg = experiment_config(name, args, root_dir)
+    cfg = experiment_config(name, argparse.Namespace(**{**vars(args), "overrides": [*run_overrides, *args.overrides]}),
+                            root_dir)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
     model = build_model(cfg, dm)
+    if state is not None:
+        model.load_state_dict(state)  # strict: a run trained with other shapes stops here
     phases = vaells_phases(model)
     warm, steps, ref_steps = args.warmup, args.steps, args.reference_steps
     plan: list[tuple[str, int, bool]] = []
@@ -227,6 +237,14 @@ def bench_experiment(name: str, args) -> dict:
     return out
 
 
+def trained_settings(overrides: dict) -> tuple[str, ...]:
+    """The overrides of a run's command line that shape its model: model, backbone and data keys (not where its
+    data lives), and the Table 2 row."""
+    keep = ("model.", "backbone.", "data.", "+table2_row")
+    return tuple(f"{k}={v}" for k, v in overrides.items()
+                 if k.startswith(keep) and k not in ("data.root", "data.download"))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", nargs="*", default=list(EXPERIMENTS), choices=EXPERIMENTS)
@@ -241,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for every experiment, e.g. "
                         "model.prior_solver.screen_after=null to time a setting against the default")
+    parser.add_argument("--checkpoint", nargs="+", default=None,
+                        help="trained VAELLS runs (folders or .ckpt): time their experiments with their trained state")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.reference_steps < 0:
         parser.error("need --steps >= 1, --warmup >= 0 and --reference-steps >= 0")
@@ -255,15 +275,27 @@ def main(argv: list[str] | None = None) -> dict:
               f"{'optim':>10}{'other':>10}{'ref ms':>11}")
     print(header)
     print("-" * len(header))
-    for name in args.experiments:
+    jobs = [(name, name, None, ()) for name in args.experiments]
+    if args.checkpoint:
+        import vaells
+
+        jobs = []
+        for path in args.checkpoint:
+            run = vaells.load(path)
+            name = str(run.config.run.experiment)
+            if name not in EXPERIMENTS or not run.has_operators:
+                parser.error(f"--checkpoint {path}: a {run.config.run.model} run of {name}; this benchmark times "
+                             f"VAELLS on {', '.join(EXPERIMENTS)}")
+            jobs.append((f"{name} (trained)", name, run.model.state_dict(), trained_settings(run.config.run.overrides)))
+    for label, name, state, run_overrides in jobs:
         if name in MNIST and args.root is None:
-            print(f"{name:<20}skipped: pass --root (a folder holding MNIST/raw)")
+            print(f"{label:<20}skipped: pass --root (a folder holding MNIST/raw)")
             continue
-        row = bench_experiment(name, args)
-        rows[name] = row
+        row = bench_experiment(name, args, state, run_overrides)
+        rows[label] = row
         for phase, t in row["phases"].items():
             cells = [t.get(k) for k in ("total", "forward", "inference", "backward", "optimizer", "other")]
-            print(f"{name:<20}{phase:<8}" + "".join(f"{'-' if v is None else f'{v:.1f}':>10}" for v in cells)
+            print(f"{label[:19]:<20}{phase:<8}" + "".join(f"{'-' if v is None else f'{v:.1f}':>10}" for v in cells)
                   + f"{t.get('reference_total', float('nan')):>11.0f}", flush=True)
         print(f"{'':<20}step {row['step_ms']:.1f} ms, ae {row['ae_step_ms']:.1f} ms, overhead "
               f"{row['overhead']:.2f}" + (f", speedup {row['speedup']:.0f}" if "speedup" in row else ""), flush=True)

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("step", "inference", "likelihood")
-ANALYSES = ("matched_directions", "prior_spread", "mnist_class_ceiling", "training_traces", "fresh_rotation")
+ANALYSES = ("matched_directions", "prior_spread", "mnist_class_ceiling", "training_traces", "fresh_rotation",
+            "best_operator")
 
 
 def load_script(path: Path) -> ModuleType:
@@ -76,6 +77,27 @@ def test_step_benchmark_tiny(capsys):
     assert finite_positive(row["step_ms"]) and finite_positive(row["ae_step_ms"]) and finite_positive(row["overhead"])
     assert row["overhead"] == pytest.approx(row["step_ms"] / row["ae_step_ms"])
     assert row["latent_dim"] == 2 and row["num_operators"] >= 1 and row["batch"] >= 1
+
+
+def test_step_benchmark_times_a_trained_run(capsys):
+    """--checkpoint: the run's experiment, with its trained state loaded into the benchmark's model."""
+    step = load_script(ROOT / "benchmarks" / "step.py")
+    ckpt = str(ROOT / "tests" / "fixtures" / "swiss_roll_5b90a44" / "last.ckpt")
+    loaded = []
+    original = step.bench_experiment
+
+    def spy(name, args, state=None, run_overrides=()):
+        loaded.append((name, state, run_overrides))
+        return original(name, args, state, run_overrides)
+
+    step.bench_experiment = spy
+    summary = run_main(step, ["--checkpoint", ckpt, "--steps", "1", "--warmup", "0", "--reference-steps", "0"],
+                       capsys)
+    [(name, state, run_overrides)] = loaded
+    assert name == "swiss_roll" and list(summary["settings"]) == ["swiss_roll (trained)"]
+    assert "backbone.encoder.hidden_dim=16" in run_overrides and not any(o.startswith("ll_") for o in run_overrides)
+    assert torch.equal(state["transport.psi"], torch.load(ckpt, weights_only=False)["state_dict"]["transport.psi"])
+    assert finite_positive(summary["settings"]["swiss_roll (trained)"]["overhead"])
 
 
 def test_step_benchmark_composes_every_experiment_without_callbacks(tmp_path):
