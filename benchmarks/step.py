@@ -22,9 +22,10 @@ loop). ``step_ms`` is the schedule's mean over its VAELLS phases (alternating: w
     python benchmarks/step.py --experiments swiss_roll --steps 1 --warmup 0 --reference-steps 0   # a quick check
     python benchmarks/step.py --checkpoint RUN [RUN ...] --root /path/to/mnist   # trained runs' own state
 
-``--checkpoint`` times the steps of trained VAELLS runs instead of freshly initialised ones: each run's experiment
-(its default config, as the run must have trained it) with the run's trained networks, operators and anchors. A
-trained model's inference problems differ from an initial one's (``benchmarks/inference.py --checkpoint``).
+``--checkpoint`` also times the steps of trained VAELLS runs, after the freshly initialised ``--experiments``, in the
+same process: each run's experiment with the model, backbone and data settings of its command line and its trained
+networks, operators and anchors. A trained model's inference problems differ from an initial one's
+(``benchmarks/inference.py --checkpoint``).
 
 MNIST experiments need ``--root`` (a folder holding MNIST/raw); without it they are skipped. Prints a table,
 then one JSON line: ``{"settings": {name: {"step_ms", "reference_step_ms", "ae_step_ms", "speedup",
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for every experiment, e.g. "
                         "model.prior_solver.screen_after=null to time a setting against the default")
     parser.add_argument("--checkpoint", nargs="+", default=None,
-                        help="trained VAELLS runs (folders or .ckpt): time their experiments with their trained state")
+                        help="trained VAELLS runs (folders or .ckpt): also time them, with their trained state")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.reference_steps < 0:
         parser.error("need --steps >= 1, --warmup >= 0 and --reference-steps >= 0")
@@ -279,7 +280,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.checkpoint:
         import vaells
 
-        jobs = []
         for path in args.checkpoint:
             run = vaells.load(path)
             name = str(run.config.run.experiment)

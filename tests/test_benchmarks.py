@@ -91,10 +91,11 @@ def test_step_benchmark_times_a_trained_run(capsys):
         return original(name, args, state, run_overrides)
 
     step.bench_experiment = spy
-    summary = run_main(step, ["--checkpoint", ckpt, "--steps", "1", "--warmup", "0", "--reference-steps", "0"],
-                       capsys)
-    [(name, state, run_overrides)] = loaded
-    assert name == "swiss_roll" and list(summary["settings"]) == ["swiss_roll (trained)"]
+    summary = run_main(step, ["--experiments", "swiss_roll", "--checkpoint", ckpt, "--steps", "1", "--warmup", "0",
+                              "--reference-steps", "0"], capsys)
+    [(_, fresh, ()), (name, state, run_overrides)] = loaded
+    assert fresh is None and name == "swiss_roll"
+    assert list(summary["settings"]) == ["swiss_roll", "swiss_roll (trained)"]  # side by side, in one process
     assert "backbone.encoder.hidden_dim=16" in run_overrides and not any(o.startswith("ll_") for o in run_overrides)
     assert torch.equal(state["transport.psi"], torch.load(ckpt, weights_only=False)["state_dict"]["transport.psi"])
     assert finite_positive(summary["settings"]["swiss_roll (trained)"]["overhead"])
