@@ -119,6 +119,17 @@ def test_a_result_is_stale_once_the_code_that_computed_it_changes():
     assert code_changed("0" * 40, ROOT) == "commit not in this history"
 
 
+def test_comments_and_docstrings_do_not_make_a_result_stale():
+    from vaells.results.render import same_meaning
+
+    code = 'def f(x):\n    """Doc."""\n    return x + 1  # why\n'
+    assert same_meaning("a.py", code, 'def f(x):\n    """Other words."""\n    return x + 1\n')
+    assert not same_meaning("a.py", code, code.replace("x + 1", "x + 2"))
+    assert same_meaning("c.yaml", "lr: 0.1  # why\n", "# a note\nlr: 0.1\n")
+    assert not same_meaning("c.yaml", "lr: 0.1\n", "lr: 0.2\n")
+    assert not same_meaning("notes.txt", "a", "b")
+
+
 def test_the_claims_table_says_when_there_are_no_results(tmp_path):
     lines = claims_table(Results(tmp_path), "docs/results.md")
     assert len(lines) == 2 + 9 and all(line.endswith("| no results yet |") for line in lines[2:])

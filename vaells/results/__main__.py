@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--dry-run", action="store_true", help="list the pending jobs and the command only")
     run_parser.add_argument("overrides", nargs="*",
                             help="overrides for every job whose config has the key, e.g. data.root=DIR")
-    render_parser = commands.add_parser("render", help="write docs/results.md, its figures and the README's tables")
+    render_parser = commands.add_parser("render", help="write docs/results.md, its figures and the front page's tables")
     render_parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     render_parser.add_argument("--check", action="store_true",
                                help="write nothing; exit 1 when the files differ from what render writes")

@@ -1,12 +1,14 @@
-"""``docs/results.md``, its figures and the README's generated blocks, from ``results/`` alone.
+"""``docs/results.md``, its figures and the front page's generated blocks, from ``results/`` alone.
 
 Each cell is the mean ± sd over the seeds that have a result, then each seed's value. Each row gives the commits
 that computed it, marked *stale* when the code that computes results (``vaells/`` and ``conf/``, less this package
-and the suite and help files) has changed between that commit and HEAD, as git's history says.
+and the suite and help files) has changed between that commit and HEAD, as git's history says; a change of comments
+or docstrings alone does not count.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import statistics
@@ -15,9 +17,12 @@ from collections import defaultdict
 from functools import cache
 from pathlib import Path
 
+import yaml
+
 from vaells.results.suites import CODE_PATHS
 from vaells.results.tables import BASELINES, EXPERIMENTS, TABLE2_JOBS, Experiment, Table
 
+FRONT_PAGE = "README.md"  # the repository's front page, whose marked blocks render fills
 HEADER = ("<!-- Written by `python -m vaells.results render` from results/. Do not edit: CI compares this file with "
           "what render writes. -->")
 
@@ -42,15 +47,49 @@ class Results:
         return [r for seeds in self.by_job.values() for r in seeds.values()]
 
 
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def _code(source: str) -> str:
+    """Python source less its comments and docstrings: what runs."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def same_meaning(path: str, old: str, new: str) -> bool:
+    """Whether two versions of a file compute the same: equal YAML data, or equal Python less comments and
+    docstrings; any other change counts."""
+    try:
+        if path.endswith((".yaml", ".yml")):
+            return yaml.safe_load(old) == yaml.safe_load(new)
+        if path.endswith(".py"):
+            return _code(old) == _code(new)
+    except (SyntaxError, yaml.YAMLError):
+        return False
+    return old == new
+
+
 @cache
 def code_changed(commit: str | None, root: Path) -> str:
-    """``""`` when the code that computes results is the same at HEAD, ``"stale"`` when it changed, or why not
-    known."""
+    """``""`` when the code that computes results means the same at HEAD as at ``commit`` (comments and docstrings
+    aside), ``"stale"`` when it changed, or why that is not known."""
     if commit is None:
         return "commit unknown"
-    status = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *CODE_PATHS], cwd=root,
-                            capture_output=True).returncode
-    return {0: "", 1: "stale"}.get(status, "commit not in this history")
+    diff = _git(root, "diff", "--name-only", commit, "HEAD", "--", *CODE_PATHS)
+    if diff.returncode != 0:
+        return "commit not in this history"
+    for name in diff.stdout.split():
+        old, new = _git(root, "show", f"{commit}:{name}"), _git(root, "show", f"HEAD:{name}")
+        if old.returncode or new.returncode or not same_meaning(name, old.stdout, new.stdout):
+            return "stale"
+    return ""
 
 
 def provenance(results: list[dict], root: Path) -> str:
@@ -305,7 +344,7 @@ def results_page(results: Results, root: Path, figures: Path | None) -> str:
 
 
 def readme_blocks(results: Results) -> dict[str, str]:
-    """The README's generated blocks: the quick start's expectation, the experiments' run times, the claims."""
+    """The front page's generated blocks: the quick start's expectation, the experiments' run times, the claims."""
     quick = results.by_job.get("swiss_roll/vaells", {}).get(0)
     if quick:
         m = quick["metrics"]
@@ -344,7 +383,7 @@ def fill_blocks(text: str, blocks: dict[str, str], path: Path) -> str:
 
 def rendered(results_dir: Path, root: Path, figures: bool) -> dict[Path, str]:
     results = Results(results_dir)
-    readme = root / "README.md"
+    readme = root / FRONT_PAGE
     out = {root / "docs" / "results.md": results_page(results, root,
                                                       root / "docs" / "figures" / "results" if figures else None)}
     out[readme] = fill_blocks(readme.read_text(), readme_blocks(results), readme)
