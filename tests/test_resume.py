@@ -109,7 +109,8 @@ def test_sigterm_checkpoints_logs_exits_nonzero_and_resumes_exactly(reference, t
     _, err = proc.communicate(timeout=120)
     ckpt = run / "checkpoints" / "last.ckpt"
     assert proc.returncode == 143, err[-3000:]
-    assert ckpt.is_file() and 0 <= ckpt.stat().st_mtime - sent < 30
+    # Written at the stop; when the stop falls at the epoch's end, the epoch's own save may land in the same instant.
+    assert ckpt.is_file() and -1 <= ckpt.stat().st_mtime - sent < 30
     text = log_file.read_text()
     assert "interrupted by SIGTERM at batch" in text and f"python train.py ckpt_path={ckpt}" in text
     # Before the run's end; on a loaded machine a batch or two may pass between the log line and the signal, so
