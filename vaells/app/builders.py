@@ -63,7 +63,7 @@ def data_arguments(model_cfg: DictConfig, dm: AnchoredDataModule) -> dict:
 def build_model(cfg: DictConfig, dm: AnchoredDataModule) -> ModelBase:
     """The model of ``cfg.model`` for the data of ``dm``. The model node is resolved first (it interpolates the
     experiment's shared ``backbone``), then the data's sizes are filled in."""
-    return _instantiate_model(cfg, dm.input_shape, lambda model_cfg: data_arguments(model_cfg, dm))
+    return instantiate_model(cfg, dm.input_shape, lambda model_cfg: data_arguments(model_cfg, dm))
 
 
 def restore_model(cfg: DictConfig, checkpoint: dict) -> ModelBase:
@@ -85,7 +85,7 @@ def restore_model(cfg: DictConfig, checkpoint: dict) -> ModelBase:
         accepted = inspect.signature(hydra.utils.get_class(model_cfg._target_)).parameters
         return {name: make() for name, make in supply.items() if name in accepted}
 
-    model = _instantiate_model(cfg, checkpoint_input_shape(cfg, checkpoint), arguments)
+    model = instantiate_model(cfg, checkpoint_input_shape(cfg, checkpoint), arguments)
     model.load_state_dict(state)
     model.on_load_checkpoint(checkpoint)
     return model.eval()
@@ -110,8 +110,10 @@ def checkpoint_input_shape(cfg: DictConfig, checkpoint: dict) -> tuple[int, ...]
                      "retrain with this version of the project, which stores it")
 
 
-def _instantiate_model(cfg: DictConfig, input_shape: tuple[int, ...],
-                       arguments: Callable[[DictConfig], dict]) -> ModelBase:
+def instantiate_model(cfg: DictConfig, input_shape: tuple[int, ...],
+                      arguments: Callable[[DictConfig], dict]) -> ModelBase:
+    """The model of ``cfg.model`` for inputs of ``input_shape``, with the constructor arguments that
+    ``arguments(model_cfg)`` supplies (anchors, training inputs), carrying its run config (``load_run``)."""
     model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
     fill_data_dims(model_cfg, input_shape)
     psi_optimizer = model_cfg.get("psi_optimizer")

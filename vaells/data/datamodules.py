@@ -24,6 +24,7 @@ from vaells.data.synthetic import (
     SyntheticSet,
     concentric_circle_anchors,
     concentric_circles_curve,
+    load_projection,
     make_concentric_circles,
     make_swiss_roll,
     swiss_roll_anchors,
@@ -119,13 +120,16 @@ class SwissRollDataModule(_InMemoryDataModule):
         noise_std: float = 0.01,
         ambient_dim: int = 20,
         projection_seed: int = DEFAULT_PROJECTION_SEED,
+        projection_file: str | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         self.save_hyperparameters(logger=False)  # the logger gets the whole run config (train.py)
+        self.projection = None if projection_file is None else load_projection(projection_file, ambient_dim)
         _check_anchor_count(anchors_per_class, num_train)
         seeds = split_seeds(seed)
-        kwargs = dict(noise_std=noise_std, ambient_dim=ambient_dim, projection_seed=projection_seed)
+        kwargs = dict(noise_std=noise_std, ambient_dim=ambient_dim, projection_seed=projection_seed,
+                      projection=self.projection)
         self.train_data = make_swiss_roll(num_train, seed=seeds[0], **kwargs)
         self.val_data = make_swiss_roll(num_val, seed=seeds[1], **kwargs)
         self.test_data = make_swiss_roll(num_test, seed=seeds[2], **kwargs)
@@ -133,7 +137,7 @@ class SwissRollDataModule(_InMemoryDataModule):
             _synthetic_dataset(d) for d in (self.train_data, self.val_data, self.test_data)
         )
         anchor_data = swiss_roll_anchors(anchors_per_class, ambient_dim=ambient_dim,
-                                         projection_seed=projection_seed)
+                                         projection_seed=projection_seed, projection=self.projection)
         self.anchors = anchor_data.x  # (N_a, D)
         self.anchor_labels = anchor_data.labels  # (N_a,)
         self.anchors_per_class = anchors_per_class
@@ -143,7 +147,7 @@ class SwissRollDataModule(_InMemoryDataModule):
     def manifold_points(self, num_points: int = MANIFOLD_POINTS) -> Tensor:
         """A dense sample of the noiseless roll in data space (N, D): the true manifold of the data."""
         return swiss_roll_curve(num_points, ambient_dim=self.hparams.ambient_dim,
-                                projection_seed=self.hparams.projection_seed)
+                                projection_seed=self.hparams.projection_seed, projection=self.projection)
 
 
 def _check_anchor_count(anchors_per_class: int, train_per_class: int) -> None:
@@ -171,13 +175,16 @@ class ConcentricCirclesDataModule(_InMemoryDataModule):
         noise_std: float = 0.01,
         ambient_dim: int = 20,
         projection_seed: int = DEFAULT_PROJECTION_SEED,
+        projection_file: str | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         self.save_hyperparameters(logger=False)  # the logger gets the whole run config (train.py)
+        self.projection = None if projection_file is None else load_projection(projection_file, ambient_dim)
         _check_anchor_count(anchors_per_class, num_train_per_class)
         seeds = split_seeds(seed)
-        kwargs = dict(noise_std=noise_std, ambient_dim=ambient_dim, projection_seed=projection_seed)
+        kwargs = dict(noise_std=noise_std, ambient_dim=ambient_dim, projection_seed=projection_seed,
+                      projection=self.projection)
         self.train_data = make_concentric_circles(num_train_per_class, seed=seeds[0], **kwargs)
         self.val_data = make_concentric_circles(num_val_per_class, seed=seeds[1], **kwargs)
         self.test_data = make_concentric_circles(num_test_per_class, seed=seeds[2], **kwargs)
@@ -185,7 +192,7 @@ class ConcentricCirclesDataModule(_InMemoryDataModule):
             _synthetic_dataset(d) for d in (self.train_data, self.val_data, self.test_data)
         )
         anchor_data = concentric_circle_anchors(anchors_per_class, ambient_dim=ambient_dim,
-                                                projection_seed=projection_seed)
+                                                projection_seed=projection_seed, projection=self.projection)
         self.anchors = anchor_data.x  # (K * N_a, D)
         self.anchor_labels = anchor_data.labels  # (K * N_a,)
         self.anchors_per_class = anchors_per_class
@@ -195,7 +202,7 @@ class ConcentricCirclesDataModule(_InMemoryDataModule):
     def manifold_points(self, num_points: int = MANIFOLD_POINTS) -> Tensor:
         """A dense sample of the noiseless circles in data space (N, D), half on each circle."""
         return concentric_circles_curve(num_points // 2, ambient_dim=self.hparams.ambient_dim,
-                                        projection_seed=self.hparams.projection_seed)
+                                        projection_seed=self.hparams.projection_seed, projection=self.projection)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""``python -m vaells.results run SUITE [--jobs N] [--launcher joblib|slurm] [OVERRIDE ...]`` and
-``python -m vaells.results render [--check]`` (docs/running.md, "Results")."""
+"""``python -m vaells.results run SUITE [--jobs N] [--launcher joblib|slurm] [OVERRIDE ...]``,
+``python -m vaells.results release DIR [OVERRIDE ...]`` and ``python -m vaells.results render [--check]``
+(docs/running.md, "Results")."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vaells.results.suites import ROOT, load_suite, pending_jobs, suite_names
+from vaells.results.suites import ROOT, load_suite, missing_environment, pending_jobs, suite_names
 
 RESULTS_DIR = ROOT / "results"
 
@@ -50,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
         return 2
     pending = pending_jobs(jobs, args.results)
+    unset = missing_environment(pending)
+    if unset:
+        print(f"error: suite {args.suite} reads the environment variable(s) {', '.join(unset)}, which are not set; "
+              "see the suite file's first line", file=sys.stderr)
+        return 2
     print(f"suite {args.suite}: {len(jobs)} jobs, {len(jobs) - len(pending)} with results in {args.results}, "
           f"{len(pending)} to run")
     for job in pending:
@@ -94,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--dry-run", action="store_true", help="list the pending jobs and the command only")
     run_parser.add_argument("overrides", nargs="*",
                             help="overrides for every job whose config has the key, e.g. data.root=DIR")
+    release_parser = commands.add_parser("release", help="import, score and record the authors' trained models")
+    release_parser.add_argument("release_dir", type=Path, help="the release's pretrained_models/ folder")
+    release_parser.add_argument("--results", type=Path, default=RESULTS_DIR)
+    release_parser.add_argument("--outputs", type=Path, default=Path("outputs") / "release",
+                                help="where the imported runs go (default: outputs/release/<experiment>)")
     render_parser = commands.add_parser("render", help="write docs/results.md, its figures and the front page's tables")
     render_parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     render_parser.add_argument("--check", action="store_true",
@@ -101,12 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come before or after the options (run quick --jobs 2 data.root=DIR): argparse's positional
     # list stops at the first option, so what follows it arrives here.
     args, extra = parser.parse_known_args(argv)
-    unknown = [a for a in extra if a.startswith("-") or args.command != "run"]
+    unknown = [a for a in extra if a.startswith("-") or args.command == "render"]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
         args.overrides += extra
-    return run(args) if args.command == "run" else render(args)
+        return run(args)
+    if args.command == "release":
+        from vaells.results.authors import score_release
+
+        return score_release(args.release_dir, args.results, extra, args.outputs)
+    return render(args)
 
 
 if __name__ == "__main__":

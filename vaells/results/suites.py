@@ -8,6 +8,8 @@ skipping the jobs whose result exists (docs/running.md, "Results").
 from __future__ import annotations
 
 import itertools
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +56,16 @@ def load_suite(suite: str) -> list[Job]:
     jobs: dict[str, Job] = {}
     for index, group in enumerate(groups):
         fixed = [str(o) for o in group.pop("overrides", [])]
+        variant = group.pop("variant", None)  # a name for what the fixed overrides change, after the first part
+        if variant is not None and (not isinstance(variant, str) or not variant or "/" in variant):
+            raise ValueError(f"suite file {path}, group {index}: variant must be a name without '/', got {variant!r}")
         for key, values in group.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"suite file {path}, group {index}: {key} must be a non-empty list, got {values!r}")
         for combo in itertools.product(*group.values()):
             pairs = list(zip(group, combo, strict=True))
-            name = "/".join(_part(k.lstrip("+~"), v) for k, v in pairs)
+            parts = [_part(k.lstrip("+~"), v) for k, v in pairs]
+            name = "/".join(parts[:1] + ([variant] if variant else []) + parts[1:])
             jobs[name] = Job(name, tuple(f"{k}={v}" for k, v in pairs) + tuple(fixed))
     return list(jobs.values())
 
@@ -69,8 +75,23 @@ def pending_jobs(jobs: list[Job], results_dir: Path) -> list[Job]:
 
 
 def job_for_overrides(jobs: list[Job], overrides: list[str]) -> Job:
-    """The suite's job that a run's task overrides start with (a suite run may add shared overrides after them)."""
-    for job in jobs:
-        if tuple(overrides[: len(job.overrides)]) == job.overrides:
-            return job
-    raise LookupError(f"no job of the suite has the overrides {overrides}")
+    """The suite's job that a run's task overrides start with (a suite run may add shared overrides after them);
+    of several, the one with the most (a variant's job extends its plain job's overrides)."""
+    matching = [job for job in jobs if tuple(overrides[: len(job.overrides)]) == tuple(map(_expanded, job.overrides))]
+    if not matching:
+        raise LookupError(f"no job of the suite has the overrides {overrides}")
+    return max(matching, key=lambda job: len(job.overrides))
+
+
+# An environment variable in an override, as Hydra's parser reads it (and records it resolved in the run).
+ENV_VARIABLE = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expanded(override: str) -> str:
+    return ENV_VARIABLE.sub(lambda m: os.environ.get(m.group(1), m.group(0)), override)
+
+
+def missing_environment(jobs: list[Job]) -> list[str]:
+    """The environment variables that the jobs' overrides read (``${oc.env:NAME}``) and that are not set."""
+    names = {m for job in jobs for o in job.overrides for m in ENV_VARIABLE.findall(o)}
+    return sorted(n for n in names if n not in os.environ)

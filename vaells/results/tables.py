@@ -42,6 +42,7 @@ class Experiment:
     tables: tuple[Table, ...]
     figure_key: str = ""  # the headline metric drawn per row and seed in docs/figures/results/<name>.png
     claims: tuple[str, ...] = field(default_factory=tuple)
+    command: str = "python -m vaells.results run paper"  # what writes its results
 
 
 def model_rows(experiment: str, key: str = "{}") -> tuple[Row, ...]:
@@ -82,6 +83,37 @@ def synthetic(name: str, title: str) -> Experiment:
                                                                      f"{name}_prior_loss_scale"))
 
 
+def authors_synthetic(name: str, title: str) -> tuple[Table, ...]:
+    """The authors' model and VAELLS's default trained on the same data map, with the path controls of each."""
+    authors, ours = f"{name}/authors_map/release", f"{name}/authors_map/vaells"
+    return (
+        Table(f"{title} on the authors' map: transport paths", ("path_manifold_error", "path_endpoint_error",
+                                                                 "path_endpoint_distance"),
+              (Row("the authors' model", authors), Row("its linear path (control)", authors, "linear_{}"),
+               Row("its Psi = 0 (control)", authors, "{}_zero_psi"),
+               Row("its Psi at a fresh start (control)", authors, "{}_init_psi"),
+               Row("VAELLS, trained here on the authors' map", ours),
+               Row("its linear path (control)", ours, "linear_{}"),
+               Row("its Psi at its initialisation (control)", ours, "{}_init_psi"))),
+        Table(f"{title} on the authors' map: prior, reconstruction and operators",
+              ("prior_fit", "mse", "knn_accuracy", "operator_reading", "log_likelihood"),
+              (Row("the authors' model", authors), Row("VAELLS, trained here on the authors' map", ours),
+               Row("VAELLS, this project's default map", f"{name}/vaells"))),
+    )
+
+
+AUTHORS = Experiment("authors", "The authors' trained models", (
+    *authors_synthetic("swiss_roll", "Swiss roll"),
+    *authors_synthetic("concentric_circles", "Circles"),
+    Table("Natural MNIST (the authors' model: M = 4, N_a = 8, full MNIST; VAELLS: M = 8, N_a = 8, the data here)",
+          ("class_preservation_matched", "class_preservation", "mse", "knn_accuracy", "log_likelihood"),
+          (Row("the authors' model", "natural_mnist/release"),
+           Row("its Psi at a fresh start (control)", "natural_mnist/release", "{}_init_psi"),
+           Row("VAELLS, trained here", "natural_mnist/vaells"))),
+), figure_key="path_manifold_error", claims=("authors_swiss_roll", "authors_concentric_circles"),
+    command="python -m vaells.results release DIR; VAELLS_RELEASE_DIR=DIR python -m vaells.results run authors")
+
+
 EXPERIMENTS = (
     synthetic("swiss_roll", "Swiss roll"),
     synthetic("concentric_circles", "Concentric circles"),
@@ -108,4 +140,5 @@ EXPERIMENTS = (
               tuple(Row(f"M = {r[1]}, N_a = {r.split('Na')[1]}", TABLE2_JOBS.get(r, f"table2/vaells/{r}"))
                     for r in ("M2_Na8", "M4_Na8", "M8_Na8", "M4_Na12", "M4_Na16"))),
     ), figure_key="log_likelihood", claims=("table2_operators",)),
+    AUTHORS,
 )

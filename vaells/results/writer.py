@@ -26,7 +26,7 @@ from vaells.results.suites import CODE_PATHS, ROOT, job_for_overrides, load_suit
 log = logging.getLogger(__name__)
 
 # What a result's metrics leave out: metrics.json's copy of the run record, which the result holds itself.
-RECORD_KEYS = ("experiment", "model", "overrides")
+RECORD_KEYS = ("experiment", "model", "overrides", "release")
 MNIST_EXPERIMENTS = ("rotated_mnist", "natural_mnist", "table2")
 
 
@@ -101,25 +101,39 @@ class ResultWriter(Callback):
         overrides = list(config.hydra.overrides.task)
         job = job_for_overrides(load_suite(self.suite), overrides)
         metrics = json.loads(metrics_file.read_text())
-        commit, dirty = git_commit()
-        result = {
-            "job": job.name,
-            "suite": self.suite,
-            "command": "python train.py " + " ".join(overrides),
-            "suite_command": self.suite_command,
-            "commit": commit,
-            "uncommitted_changes": dirty,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(),
-            "threads": int(config.threads),
-            "data": data_label(metrics.get("experiment", ""), config),
-            "wall_time_s": round(time.perf_counter() - self._start, 1) if self._start else None,
-            "train_time_s": train_seconds(run_dir),
-            "metrics": {k: v for k, v in metrics.items() if k not in RECORD_KEYS},
-        }
-        path = job.result_path(self.results_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        tmp.replace(path)  # whole or absent: a suite killed mid-write reruns the job
-        log.info("result: %s", path)
+        result = result_record(
+            job=job.name, suite=self.suite, command="python train.py " + " ".join(overrides),
+            suite_command=self.suite_command, threads=int(config.threads),
+            data=data_label(metrics.get("experiment", ""), config),
+            wall_time_s=round(time.perf_counter() - self._start, 1) if self._start else None,
+            train_time_s=train_seconds(run_dir), metrics=metrics)
+        log.info("result: %s", write_result(job.result_path(self.results_dir), result))
+
+
+def result_record(*, job: str, suite: str, command: str, suite_command: str, threads: int, data: str,
+                  wall_time_s: float | None, train_time_s: float | None, metrics: dict) -> dict:
+    """A result file's content: the metrics with the run's provenance (commit, date, machine)."""
+    commit, dirty = git_commit()
+    return {
+        "job": job,
+        "suite": suite,
+        "command": command,
+        "suite_command": suite_command,
+        "commit": commit,
+        "uncommitted_changes": dirty,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "threads": threads,
+        "data": data,
+        "wall_time_s": wall_time_s,
+        "train_time_s": train_time_s,
+        "metrics": {k: v for k, v in metrics.items() if k not in RECORD_KEYS},
+    }
+
+
+def write_result(path: Path, result: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(path)  # whole or absent: a suite killed mid-write reruns the job
+    return path
