@@ -14,13 +14,17 @@ from conftest import ROOT
 from vaells.results.render import (
     CLAIMS,
     Results,
+    authors_claim,
     check_rendered,
     claims_table,
+    manifold_claim,
     paths_claim,
     prior_claim,
     render_all,
+    render_table,
 )
-from vaells.results.suites import job_for_overrides, load_suite, pending_jobs
+from vaells.results.suites import job_for_overrides, load_suite, missing_environment, pending_jobs
+from vaells.results.tables import Row, Table
 
 README_MARKERS = "".join(f"<!-- results:{b}:start -->\n<!-- results:{b}:end -->\n"
                          for b in ("quickstart", "times", "glance"))
@@ -37,6 +41,21 @@ def test_suites_name_their_jobs_and_share_them():
     assert job_for_overrides(list(paper.values()), ["experiment=table2", "model=vaells", "+table2_row=M4_Na12",
                                                     "seed=0", "ll_points=250", "data.root=x"]).name == \
         "table2/vaells/M4_Na12/seed0"
+
+
+def test_a_variant_files_its_jobs_apart_and_reads_the_environment(monkeypatch):
+    jobs = {job.name: job for job in load_suite("authors")}
+    job = jobs["swiss_roll/authors_map/vaells/seed1"]
+    assert job.overrides[:3] == ("experiment=swiss_roll", "model=vaells", "seed=1")
+    monkeypatch.delenv("VAELLS_RELEASE_DIR", raising=False)
+    assert missing_environment(list(jobs.values())) == ["VAELLS_RELEASE_DIR"]
+    monkeypatch.setenv("VAELLS_RELEASE_DIR", "/r")
+    assert missing_environment(list(jobs.values())) == []
+    # Hydra records the override with the variable resolved; the plain job, whose overrides are a prefix, loses.
+    plain = load_suite("quick")[0]
+    ran = ["experiment=swiss_roll", "model=vaells", "seed=1",
+           "data.projection_file=/r/swiss_roll/mapMat_swissRollHighDim_nonLinear_z2_x20.mat", "ll_points=9"]
+    assert job_for_overrides([*jobs.values(), plain], ran).name == "swiss_roll/authors_map/vaells/seed1"
 
 
 def test_a_job_with_a_result_is_skipped(tmp_path):
@@ -81,6 +100,41 @@ def test_the_paths_claim_needs_every_seed_to_beat_both_controls_and_arrive(tmp_p
     # one seed only beats the line by less than 2x
     write_result(tmp_path, "swiss_roll/vaells/seed2", paths_metrics(0.2, 0.3, 0.5, 0.05))
     assert paths_claim(Results(tmp_path), "swiss_roll")[1] == "**not met**"
+
+
+def test_a_row_of_one_seed_shows_that_seed_only(tmp_path):
+    for seed, value in enumerate((0.1, 0.2, 0.4)):
+        write_result(tmp_path, f"swiss_roll/vaells/seed{seed}", {"path_manifold_error": value})
+    rows = (Row("all", "swiss_roll/vaells"), Row("one", "swiss_roll/vaells", seed=1))
+    table = Table("t", ("path_manifold_error",), rows)
+    lines = render_table(table, Results(tmp_path), tmp_path)
+    assert lines[4].startswith("| all | 0.233 ± 0.153 (0.1, 0.2, 0.4) | 0, 1, 2 |")
+    assert lines[5].startswith("| one | 0.2 | 1 |")
+
+
+def test_the_manifold_claim_counts_manifolds_whose_every_seed_meets_every_target(tmp_path):
+    from vaells.data.manifolds import MANIFOLDS
+
+    good = {**paths_metrics(0.1, 0.3, 0.5, 0.05), "operator_drift": [0.9, 0.6], "knn_accuracy": 1.0}
+    for embedding in ("linear", "nonlinear"):
+        for name in MANIFOLDS:
+            for seed in range(3):
+                write_result(tmp_path, f"manifold_suite/{name}/{embedding}/vaells/seed{seed}", good)
+    assert manifold_claim(Results(tmp_path)) == ("linear map: 8 of 8 manifolds; nonlinear map: 8 of 8", "met")
+    # One operator that barely moved at one seed costs its manifold; a second such manifold fails the claim.
+    for name in list(MANIFOLDS)[:2]:
+        write_result(tmp_path, f"manifold_suite/{name}/linear/vaells/seed2", {**good, "operator_drift": [0.9, 0.2]})
+    assert manifold_claim(Results(tmp_path)) == ("linear map: 6 of 8 manifolds; nonlinear map: 8 of 8",
+                                                 "**not met**")
+
+
+def test_the_authors_claim_compares_every_seed_with_the_authors_model(tmp_path):
+    write_result(tmp_path, "swiss_roll/authors_map/release/seed0", paths_metrics(0.06, 0.38, 0.6, 0.03))
+    for seed, path in enumerate((0.08, 0.085, 0.07)):
+        write_result(tmp_path, f"swiss_roll/authors_map/vaells/seed{seed}", paths_metrics(path, 0.38, 0.6, 0.05))
+    assert authors_claim(Results(tmp_path), "swiss_roll")[1] == "met"
+    write_result(tmp_path, "swiss_roll/authors_map/vaells/seed1", paths_metrics(0.095, 0.38, 0.6, 0.05))
+    assert authors_claim(Results(tmp_path), "swiss_roll")[1] == "**not met**"
 
 
 def test_a_prior_that_loses_to_a_baseline_or_the_anchors_fails(tmp_path):

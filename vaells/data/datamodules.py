@@ -8,6 +8,7 @@ is deterministic, and a model needs ``anchors`` and ``input_shape`` before ``Tra
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -209,8 +210,9 @@ class ConcentricCirclesDataModule(_InMemoryDataModule):
 # A user's own tensors
 
 
-_FILE_KEYS = ("x", "labels", "anchors", "anchor_labels")
-_HINT = "the file must hold a dict with 'x' (N, ...) and optionally 'labels' (N,), 'anchors', 'anchor_labels'"
+_FILE_KEYS = ("x", "labels", "anchors", "anchor_labels", "coords", "manifold")
+_HINT = ("the file must hold a dict with 'x' (N, ...) and optionally 'labels' (N,), 'anchors', 'anchor_labels', "
+         "'coords' (N, k), 'manifold' (P, ...)")
 
 
 def load_tensor_file(path: str | Path) -> dict[str, Tensor]:
@@ -273,14 +275,23 @@ def _check_class_indices(name: str, labels: Tensor, length: int, length_name: st
 
 
 class TensorFileDataModule(_InMemoryDataModule):
-    """A user's tensors: ``x`` (N, ...), optional ``labels`` (N,) in 0..K-1, ``anchors``, ``anchor_labels``.
+    """A user's tensors: ``x`` (N, ...), optional ``labels`` (N,) in 0..K-1, ``anchors``, ``anchor_labels``, and the
+    ground truth ``coords`` (N, k) and ``manifold`` (P, ...) (docs/running.md, "Your own data").
 
     Without ``labels`` the data form one class. Without ``anchors``, ``anchors_per_class`` samples of each
     class are drawn from the training split (seeded); with them, the file's anchors are used, sorted
     class-major, and ``anchors_per_class`` is taken from the file. ``x`` is cast to float32 but not
     rescaled. The split is a seeded random permutation: ``test_fraction`` of N for test, ``val_fraction``
     for validation, the rest for training. Every problem with the file is reported in ``__init__``.
+
+    ``coords``, the samples' true coordinates, are split with ``x`` and go into the batches as ``"coords"``, which
+    gives trustworthiness and continuity. ``manifold``, a dense sample of the noiseless manifold in data space,
+    gives the data module a ``manifold_points`` (only then), which gives the path and prior metrics.
     """
+
+    #: The fewest test samples with ``coords`` for which trustworthiness and continuity at k = 10 neighbours
+    #: (vaells.evaluation.summary) are defined: they need k < N / 2.
+    MIN_COORD_TEST = 21
 
     def __init__(
         self,
@@ -333,9 +344,18 @@ class TensorFileDataModule(_InMemoryDataModule):
             raise ValueError(f"{num} samples leave none for training with val_fraction={val_fraction}, "
                              f"test_fraction={test_fraction}; lower the fractions")
         test_idx, val_idx, train_idx = perm.split([num_test, num_val, num - num_test - num_val])
+        truth = {}
+        if "coords" in arrays:
+            truth["coords"] = self._file_coords(arrays["coords"], num, num_test)
         self.train_set, self.val_set, self.test_set = (
-            DictDataset(x=x[idx], label=labels[idx]) for idx in (train_idx, val_idx, test_idx)
+            DictDataset(x=x[idx], label=labels[idx], **{key: t[idx] for key, t in truth.items()})
+            for idx in (train_idx, val_idx, test_idx)
         )
+        if "manifold" in arrays:
+            # Set on the instance, and only with a manifold: the evaluation computes the path and prior metrics for
+            # every data module that has manifold_points (vaells.evaluation.paths, vaells.evaluation.comparison).
+            self.manifold_points = functools.partial(TensorFileDataModule._manifold_rows,
+                                                     self._file_manifold(arrays["manifold"], tuple(x.shape[1:])))
 
         if ("anchors" in arrays) != ("anchor_labels" in arrays):
             have, lack = ("anchors", "anchor_labels") if "anchors" in arrays else ("anchor_labels", "anchors")
@@ -354,6 +374,46 @@ class TensorFileDataModule(_InMemoryDataModule):
         self.anchors_per_class = anchors_per_class
         self.num_classes = num_classes
         self.input_shape = tuple(x.shape[1:])
+
+    @staticmethod
+    def _file_coords(coords: Tensor, num: int, num_test: int) -> Tensor:
+        """Check the file's coordinates (N, k) and return them as float32."""
+        if coords.ndim != 2 or coords.shape[0] != num or coords.shape[1] == 0:
+            raise ValueError(f"'coords' must have shape ({num}, k), k >= 1 true coordinates for each sample in 'x', "
+                             f"got {tuple(coords.shape)}; for one coordinate use shape ({num}, 1)")
+        coords = TensorFileDataModule._real_floats("coords", coords)
+        least = TensorFileDataModule.MIN_COORD_TEST
+        if num_test < least:
+            raise ValueError(f"'coords' are scored on the test split, which needs at least {least} samples for "
+                             f"trustworthiness and continuity but holds {num_test}; raise data.test_fraction or add "
+                             "samples")
+        return coords
+
+    @staticmethod
+    def _manifold_rows(manifold: Tensor, num_points: int | None = None) -> Tensor:
+        """The file's dense manifold sample (P, ...): all of it, or ``num_points`` of its rows spread evenly over it.
+        A static method in a ``functools.partial``, so that the data module still pickles."""
+        if num_points is None or num_points >= manifold.shape[0]:
+            return manifold
+        return manifold[torch.linspace(0, manifold.shape[0] - 1, num_points).round().long()]
+
+    @staticmethod
+    def _file_manifold(manifold: Tensor, sample_shape: tuple[int, ...]) -> Tensor:
+        """Check the file's dense sample of the manifold (P, ...) and return it as float32."""
+        shape = ", ".join(map(str, sample_shape))
+        if tuple(manifold.shape[1:]) != sample_shape or manifold.ndim < 2 or manifold.shape[0] == 0:
+            raise ValueError(f"'manifold' must have shape (P, {shape}): P >= 1 noiseless points in the space of 'x', "
+                             f"got {tuple(manifold.shape)}")
+        return TensorFileDataModule._real_floats("manifold", manifold)
+
+    @staticmethod
+    def _real_floats(name: str, values: Tensor) -> Tensor:
+        """``values`` as float32, refused if complex (a cast would drop the imaginary part) or not finite."""
+        if values.dtype.is_complex:
+            raise ValueError(f"'{name}' must be real numbers, got dtype {values.dtype}")
+        values = values.float()
+        _check_finite(name, values)
+        return values
 
     @staticmethod
     def _file_anchors(

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from vaells.results.suites import CODE_PATHS
-from vaells.results.tables import BASELINES, EXPERIMENTS, TABLE2_JOBS, Experiment, Table
+from vaells.results.tables import BASELINES, EXPERIMENTS, TABLE2_JOBS, Experiment, Row, Table
 
 FRONT_PAGE = "README.md"  # the repository's front page, whose marked blocks render fills
 HEADER = ("<!-- Written by `python -m vaells.results render` from results/. Do not edit: CI compares this file with "
@@ -129,13 +129,18 @@ def mean(results: Results, job: str, key: str) -> float | None:
     return statistics.fmean(values.values()) if values else None
 
 
+def row_values(results: Results, row: Row, key: str | None) -> dict[int, object]:
+    values = results.values(row.job, key)
+    return values if row.seed is None else {s: v for s, v in values.items() if s == row.seed}
+
+
 def render_table(table: Table, results: Results, root: Path) -> list[str]:
     lines = [f"**{table.title}**", "", "| | " + " | ".join(f"`{c}`" for c in table.columns) + " | seeds | commit |",
              "| --- " * (len(table.columns) + 3) + "|"]
     for row in table.rows:
-        cells = [cell(results.values(row.job, row.key_for(c))) for c in table.columns]
-        seeds = sorted(results.by_job.get(row.job, {}))
-        commit = provenance(list(results.by_job[row.job].values()), root) if seeds else "no results"
+        cells = [cell(row_values(results, row, row.key_for(c))) for c in table.columns]
+        seeds = sorted(s for s in results.by_job.get(row.job, {}) if row.seed is None or s == row.seed)
+        commit = provenance([results.by_job[row.job][s] for s in seeds], root) if seeds else "no results"
         lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {', '.join(map(str, seeds)) or '–'} | {commit} |")
     return lines + (["", table.note] if table.note else []) + [""]
 
@@ -225,6 +230,30 @@ def authors_claim(results: Results, experiment: str) -> tuple[str, str]:
     return text, _verdict(ok, len(rows))
 
 
+def manifold_claim(results: Results) -> tuple[str, str]:
+    """Per embedding, the manifolds whose every seed meets the path, operator and class targets."""
+    from vaells.data.manifolds import MANIFOLDS
+
+    counts, seeds_seen = {}, []
+    for embedding in ("linear", "nonlinear"):
+        met = 0
+        for name in MANIFOLDS:
+            job = f"manifold_suite/{name}/{embedding}/vaells"
+            rows = _per_seed(results, job, ["path_manifold_error", "linear_path_manifold_error",
+                                            "path_manifold_error_init_psi", "path_endpoint_error", "operator_drift"])
+            knn = results.values(job, "knn_accuracy")
+            seeds_seen.append(len(rows))
+            met += bool(rows) and all(
+                r["path_endpoint_error"] <= 0.1 and r["path_manifold_error"] <= 0.5 * r["linear_path_manifold_error"]
+                and r["path_manifold_error"] <= 0.5 * r["path_manifold_error_init_psi"]
+                and min(r["operator_drift"]) >= 0.5 for r in rows) and all(v >= 0.95 for v in knn.values())
+        counts[embedding] = met
+    if not any(seeds_seen):
+        return "–", _verdict(False, 0)
+    text = f"linear map: {counts['linear']} of 8 manifolds; nonlinear map: {counts['nonlinear']} of 8"
+    return text, _verdict(min(counts.values()) >= 7, min(seeds_seen))
+
+
 def operators_claim(results: Results) -> tuple[str, str]:
     """Seed 0 at each M: Table 2 runs one seed per row."""
     jobs = [TABLE2_JOBS.get(r, f"table2/vaells/{r}") for r in ("M2_Na8", "M4_Na8", "M8_Na8")]
@@ -242,6 +271,8 @@ CLAIM_TARGETS = {
     "classes": "`class_preservation_matched` above every baseline, mean over seeds",
     "operators": "M = 2 < M = 4 < M = 8 at N_a = 8",
     "authors": "path error <= 1.5 x the authors' model's and endpoint error <= 0.1, each seed",
+    "manifolds": "7 of 8 manifolds per map, each seed: endpoint error <= 0.1, path error <= 0.5 x the straight "
+                 "line's and <= 0.5 x Psi at init's, every `operator_drift` >= 0.5, `knn_accuracy` >= 0.95",
 }
 # name: (the claim, its target in CLAIM_TARGETS, the test on the results)
 CLAIMS = {
@@ -266,6 +297,8 @@ CLAIMS = {
                          operators_claim),
     "authors_swiss_roll": ("Swiss roll, the authors' map: VAELLS's default paths as good as the authors' model's",
                            "authors", lambda r: authors_claim(r, "swiss_roll")),
+    "manifold_suite": ("Manifolds nobody tuned for: VAELLS's default learns operators that carry paths along them",
+                       "manifolds", manifold_claim),
     "authors_concentric_circles": ("Circles, the authors' map: VAELLS's default paths as good as the authors' model's",
                                    "authors", lambda r: authors_claim(r, "concentric_circles")),
 }
@@ -291,7 +324,7 @@ def claims_table(results: Results, link_prefix: str, targets: bool = True) -> li
 def figure_rows(experiment: Experiment, results: Results) -> list[tuple[str, dict[int, object]]]:
     """The headline metric of the experiment's first table, for each row with results."""
     key = experiment.figure_key
-    rows = [(row.label, results.values(row.job, row.key_for(key))) for row in experiment.tables[0].rows]
+    rows = [(row.label, row_values(results, row, row.key_for(key))) for row in experiment.tables[0].rows]
     return [(label, values) for label, values in rows if values]
 
 

@@ -20,6 +20,7 @@ class Row:
     label: str
     job: str  # the job's name less its seed: experiment/model[/...]
     key: str | dict[str, str] = "{}"  # a format of the column's key, or each column's key
+    seed: int | None = None  # one seed's result only (a row per seed); None: every seed's
 
     def key_for(self, column: str) -> str | None:
         if isinstance(self.key, dict):
@@ -114,6 +115,26 @@ AUTHORS = Experiment("authors", "The authors' trained models", (
     command="python -m vaells.results release DIR; VAELLS_RELEASE_DIR=DIR python -m vaells.results run authors")
 
 
+MANIFOLD_COLUMNS = ("path_manifold_error", "linear_path_manifold_error", "path_manifold_error_init_psi",
+                    "path_endpoint_error", "operator_reading", "operator_drift", "prior_fit", "prior_fit_anchor_points",
+                    "knn_accuracy")
+
+
+def manifold_suite() -> Experiment:
+    """A row per manifold, embedding and seed (conf/suite/manifolds.yaml), with the path controls beside the paths."""
+    from vaells.data.manifolds import MANIFOLDS
+
+    tables = tuple(
+        Table(f"VAELLS on the {embedding} embedding", MANIFOLD_COLUMNS,
+              tuple(Row(f"{name}, seed {seed}", f"manifold_suite/{name}/{embedding}/vaells", seed=seed)
+                    for name in MANIFOLDS for seed in (0, 1, 2)),
+              "The controls: `linear_path_manifold_error` (straight latent paths), `path_manifold_error_init_psi` "
+              "(Psi at its initialisation) and `prior_fit_anchor_points` (the anchors alone).")
+        for embedding in ("linear", "nonlinear"))
+    return Experiment("manifold_suite", "The manifold suite", tables, figure_key="path_manifold_error",
+                      claims=("manifold_suite",), command="python -m vaells.results run manifolds --jobs 2")
+
+
 EXPERIMENTS = (
     synthetic("swiss_roll", "Swiss roll"),
     synthetic("concentric_circles", "Concentric circles"),
@@ -141,4 +162,5 @@ EXPERIMENTS = (
                     for r in ("M2_Na8", "M4_Na8", "M8_Na8", "M4_Na12", "M4_Na16"))),
     ), figure_key="log_likelihood", claims=("table2_operators",)),
     AUTHORS,
+    manifold_suite(),
 )
