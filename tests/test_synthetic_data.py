@@ -12,6 +12,7 @@ from vaells.data.synthetic import (
     CIRCLE_RADII,
     SyntheticSet,
     concentric_circle_anchors,
+    load_projection,
     make_concentric_circles,
     make_swiss_roll,
     random_projection,
@@ -142,3 +143,42 @@ def test_datamodule_is_deterministic_and_only_train_shuffles() -> None:
     torch.testing.assert_close(test, dm1.test_data.x)
     other = SwissRollDataModule(**{**kwargs, "seed": 4})
     assert not torch.allclose(other.train_data.x, dm1.train_data.x)
+
+
+@pytest.mark.parametrize("suffix", [".mat", ".npy", ".npz", ".pt"])
+def test_a_map_file_replaces_the_random_map(tmp_path, suffix):
+    import numpy as np
+    import scipy.io
+
+    mapping = np.random.default_rng(5).uniform(-1, 1, (20, 2))
+    path = tmp_path / f"map{suffix}"
+    if suffix == ".mat":
+        scipy.io.savemat(path, {"mapMat": mapping})
+    elif suffix == ".npy":
+        np.save(path, mapping)
+    elif suffix == ".npz":
+        np.savez(path, m=mapping)
+    else:
+        torch.save(torch.tensor(mapping), path)
+    dm = SwissRollDataModule(num_train=50, num_val=10, num_test=10, projection_file=str(path))
+    data = dm.train_data
+    # x = 0.1 (coords W^T + noise): the noise is 0.01, so the noiseless lift is within a few noise widths.
+    lifted = 0.1 * data.coords.double() @ torch.tensor(mapping).T
+    assert (data.x.double() - lifted).abs().max() < 0.1 * 0.06
+    assert torch.allclose(dm.anchors.double(), 0.1 * swiss_roll_anchors(4).coords.double() @ torch.tensor(mapping).T,
+                          atol=1e-5)
+    assert dm.manifold_points(100).shape == (100, 20)
+
+
+def test_a_map_file_of_the_wrong_shape_is_refused_with_the_fix(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "map.npy"
+    np.save(path, np.zeros((20, 3)))
+    with pytest.raises(ValueError, match=r"data.projection_file=.*shape \(20, 3\); the map must be \(D, 2\)"):
+        load_projection(path)
+    np.save(path, np.zeros((12, 2)))
+    with pytest.raises(ValueError, match="set data.ambient_dim=12"):
+        load_projection(path, ambient_dim=20)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_projection(tmp_path / "missing.mat")
