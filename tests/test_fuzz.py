@@ -247,6 +247,8 @@ def test_solver_finds_the_closed_form_optimum_of_a_linear_residual(u, v, z0, z1,
     c_star = math.copysign(max(abs(g) - l1_weight, 0.0), g) / ww
     if abs(c_star) > 5.0:  # keep T(c) z0 well inside float32's accuracy
         return
+    if abs(c_star) * np.abs(np.outer(u, v)).sum(0).max() > 0.9 * MAX_NORM:
+        return  # the solver refuses generators beyond ||A||_1 = max_norm (an expm guard): c* is out of its reach
     psi = torch.as_tensor(np.outer(u, v)[None], dtype=dtype)
     out = infer_coefficients(psi, torch.as_tensor(z0, dtype=dtype)[None], torch.as_tensor(z1, dtype=dtype)[None],
                              c_init=torch.zeros(1, 1), l1_weight=l1_weight, max_iter=50)
