@@ -117,7 +117,8 @@ def cell(values: dict[int, object]) -> str:
         return "–"
     items = list(values.values())
     if not all(isinstance(v, int | float) for v in items):
-        return ", ".join("/".join(map(str, v)) if isinstance(v, list) else str(v) for v in items)
+        return ", ".join("/".join(number(x) if isinstance(x, int | float) else str(x) for x in v)
+                         if isinstance(v, list) else str(v) for v in items)
     if len(items) == 1:
         return number(items[0])
     each = ", ".join(number(v) for v in items)
