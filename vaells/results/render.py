@@ -322,27 +322,41 @@ def claims_table(results: Results, link_prefix: str, targets: bool = True) -> li
     return lines
 
 
-def figure_rows(experiment: Experiment, results: Results) -> list[tuple[str, dict[int, object]]]:
-    """The headline metric of the experiment's first table, for each row with results."""
-    key = experiment.figure_key
-    rows = [(row.label, row_values(results, row, row.key_for(key))) for row in experiment.tables[0].rows]
-    return [(label, values) for label, values in rows if values]
+def figure_rows(experiment: Experiment, results: Results) -> list[tuple[str, dict[int, object], dict[int, object]]]:
+    """The headline metric of the experiment's first tables (all of them for a table per map), for each row with
+    results, with its control's values where the experiment names one."""
+    key, control = experiment.figure_key, experiment.figure_control
+    tables = experiment.tables if experiment.figure_control else experiment.tables[:1]
+    merged: dict[tuple[str, str], tuple[str, dict, dict]] = {}
+    for table in tables:
+        for row in table.rows:  # rows of one seed each merge into one line per job, its seeds as dots
+            label = (row.label if row.seed is None else row.label.rsplit(", seed", 1)[0]) + (
+                f" ({table.title.split()[-2]})" if len(tables) > 1 else "")
+            merge_key = (table.title, row.job, str(row.key)) + (() if row.seed is not None else (row.label,))
+            _, values, controls = merged.setdefault(merge_key, (label, {}, {}))
+            values.update(row_values(results, row, row.key_for(key)))
+            controls.update(row_values(results, row, control) if control else {})
+    return [row for row in merged.values() if row[1]]
 
 
-def draw_figure(experiment: Experiment, rows: list[tuple[str, dict[int, object]]], path: Path) -> None:
-    """Each row's seeds as dots and their mean as a bar."""
+def draw_figure(experiment: Experiment, rows: list[tuple[str, dict[int, object], dict[int, object]]],
+                path: Path) -> None:
+    """Each row's seeds as dots and their mean as a bar; a control's values, where given, as crosses."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * len(rows)))
-    for i, (_, values) in enumerate(rows):
+    for i, (_, values, control) in enumerate(rows):
         ax.barh(i, statistics.fmean(values.values()), color="0.85")
         ax.plot(list(values.values()), [i] * len(values), "o", color="C0")
-    ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+        if control:
+            ax.plot(list(control.values()), [i] * len(control), "x", color="C3")
+    ax.set_yticks(range(len(rows)), [label for label, *_ in rows])
     ax.invert_yaxis()
-    ax.set_xlabel(f"{experiment.figure_key} (bars: mean over seeds; dots: seeds)")
+    label = f"{experiment.figure_key} (bars: mean over seeds; dots: seeds"
+    ax.set_xlabel(label + (f";\ncrosses: {experiment.figure_control})" if experiment.figure_control else ")"))
     ax.set_title(experiment.title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

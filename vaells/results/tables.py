@@ -44,6 +44,7 @@ class Experiment:
     figure_key: str = ""  # the headline metric drawn per row and seed in docs/figures/results/<name>.png
     claims: tuple[str, ...] = field(default_factory=tuple)
     command: str = "python -m vaells.results run paper"  # what writes its results
+    figure_control: str = ""  # a control's key drawn beside each row's headline metric (the straight line's)
 
 
 def model_rows(experiment: str, key: str = "{}") -> tuple[Row, ...]:
@@ -132,7 +133,8 @@ def manifold_suite() -> Experiment:
               "(Psi at its initialisation) and `prior_fit_anchor_points` (the anchors alone).")
         for embedding in ("linear", "nonlinear"))
     return Experiment("manifold_suite", "The manifold suite", tables, figure_key="path_manifold_error",
-                      claims=("manifold_suite",), command="python -m vaells.results run manifolds --jobs 2")
+                      claims=("manifold_suite",), command="python -m vaells.results run manifolds --jobs 2",
+                      figure_control="linear_path_manifold_error")
 
 
 EXPERIMENTS = (
