@@ -224,3 +224,16 @@ def test_a_suite_runs_through_hydra_writes_results_and_resumes(tmp_path):
     assert json.loads((results / "concentric_circles/vaells/seed0.json").read_text())["date"] == vaells["date"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert "0 to run" in done.stdout and len(list((tmp_path / "multirun/train").iterdir())) == 2
+
+
+def test_the_maps_claim_needs_every_map_at_every_seed(tmp_path):
+    from vaells.results.render import maps_claim
+
+    for k in range(1, 6):
+        for seed in range(3):
+            write_result(tmp_path, f"swiss_roll/map{k}/vaells/seed{seed}", paths_metrics(0.1, 0.3, 0.5, 0.05))
+    assert maps_claim(Results(tmp_path), "swiss_roll") == ("5 of 5 maps meet it at every seed (maps 1, 2, 3, 4, 5)",
+                                                           "met")
+    write_result(tmp_path, "swiss_roll/map4/vaells/seed1", paths_metrics(0.1, 0.3, 0.5, 0.3))
+    assert maps_claim(Results(tmp_path), "swiss_roll") == ("4 of 5 maps meet it at every seed (maps 1, 2, 3, 5)",
+                                                           "**not met**")

@@ -231,6 +231,20 @@ def authors_claim(results: Results, experiment: str) -> tuple[str, str]:
     return text, _verdict(ok, len(rows))
 
 
+def maps_claim(results: Results, experiment: str) -> tuple[str, str]:
+    """The paths claim on every random map of conf/suite/maps.yaml, each at every seed."""
+    from vaells.results.tables import MAPS
+
+    verdicts = [paths_claim(results, experiment, f"{experiment}/map{k}/vaells") for k in MAPS]
+    seeds = [len(results.values(f"{experiment}/map{k}/vaells", "path_manifold_error")) for k in MAPS]
+    if not any(seeds):
+        return "–", _verdict(False, 0)
+    met = [k for k, (_, v) in zip(MAPS, verdicts, strict=True) if v.startswith("met")]
+    text = f"{len(met)} of {len(MAPS)} maps meet it at every seed"
+    text += f" (maps {', '.join(map(str, met))})" if met else ""
+    return text, _verdict(len(met) == len(MAPS), min(seeds))
+
+
 def manifold_claim(results: Results) -> tuple[str, str]:
     """Per embedding, the manifolds whose every seed meets the path, operator and class targets."""
     from vaells.data.manifolds import MANIFOLDS
@@ -298,6 +312,10 @@ CLAIMS = {
                          operators_claim),
     "authors_swiss_roll": ("Swiss roll, the authors' map: VAELLS's default paths as good as the authors' model's",
                            "authors", lambda r: authors_claim(r, "swiss_roll")),
+    "maps_swiss_roll": ("Swiss roll: paths follow the roll and arrive under any random linear map", "paths",
+                        lambda r: maps_claim(r, "swiss_roll")),
+    "maps_concentric_circles": ("Circles: paths follow the circles and arrive under any random linear map", "paths",
+                                lambda r: maps_claim(r, "concentric_circles")),
     "manifold_suite": ("Manifolds nobody tuned for: VAELLS's default learns operators that carry paths along them",
                        "manifolds", manifold_claim),
     "authors_concentric_circles": ("Circles, the authors' map: VAELLS's default paths as good as the authors' model's",

@@ -116,6 +116,23 @@ AUTHORS = Experiment("authors", "The authors' trained models", (
     command="python -m vaells.results release DIR; VAELLS_RELEASE_DIR=DIR python -m vaells.results run authors")
 
 
+MAPS = (1, 2, 3, 4, 5)  # data.projection_seed of conf/suite/maps.yaml; the default map's is 2021
+
+
+def random_maps() -> Experiment:
+    """The swiss roll and the circles under other random linear maps: a row per map, the path controls beside."""
+    tables = tuple(
+        Table(f"{title} under five other random maps", ("path_manifold_error", "linear_path_manifold_error",
+                                                         "path_manifold_error_init_psi", "path_endpoint_error",
+                                                         "operator_reading"),
+              (Row("the default map (2021)", f"{name}/vaells"),
+               *(Row(f"map {k}", f"{name}/map{k}/vaells") for k in MAPS)))
+        for name, title in (("swiss_roll", "Swiss roll"), ("concentric_circles", "Circles")))
+    return Experiment("maps", "Any random map", tables, figure_key="path_manifold_error",
+                      claims=("maps_swiss_roll", "maps_concentric_circles"),
+                      command="python -m vaells.results run maps --jobs 2", figure_control="linear_path_manifold_error")
+
+
 MANIFOLD_COLUMNS = ("path_manifold_error", "linear_path_manifold_error", "path_manifold_error_init_psi",
                     "path_endpoint_error", "operator_reading", "operator_drift", "prior_fit", "prior_fit_anchor_points",
                     "knn_accuracy")
@@ -164,5 +181,6 @@ EXPERIMENTS = (
                     for r in ("M2_Na8", "M4_Na8", "M8_Na8", "M4_Na12", "M4_Na16"))),
     ), figure_key="log_likelihood", claims=("table2_operators",)),
     AUTHORS,
+    random_maps(),
     manifold_suite(),
 )
