@@ -25,6 +25,17 @@ sample, anchors and solvers, the posterior warm-started from the sampled c), cap
 of pairs that use every iteration), then solves the same problems from the same starts with 10 times the
 iteration cap: ``energy_ratio_median`` (training budget / converged) says how close to its optimum the training
 budget leaves a pair.
+
+``--checkpoint RUN --warm-passes K --warm-iter N`` measures warm starts (``model.warm_starts``, docs/method.md §1.3) on
+the same trained run: it goes K + 1 times over the batches, as K + 1 epochs would, each time with a fresh posterior
+sample. The first pass fills the coefficient cache; on the later ones every step's problems are solved three ways:
+warm (the posterior from the sampled c alone, the prior from the cache, ``N`` iterations), cold (today's training
+starts: the release's random restarts, the solvers' own caps) and converged (cold, 10 times the caps). It reports the
+warm and the cold ``us_per_pair`` and mean iterations side by side, each one's median ``E / E_conv``, and
+``energy_ratio_median``, the median of E_warm / E_cold (1 or below: warm starts lose nothing). The trained model does
+not move between passes, as it would between epochs of training, so the cache is as fresh as it can be.
+
+    python benchmarks/inference.py --checkpoint RUN --batches 5 --warm-passes 3 --warm-iter 5 [--root MNIST_FOLDER]
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, replace
+from unittest import mock
 
 import numpy as np
 import torch
@@ -179,15 +191,13 @@ def time_reference(p: dict, s: Setting) -> tuple[float, np.ndarray]:
     return elapsed, torch.cat([e_prior, e_post]).numpy()
 
 
-def checkpoint_requests(path: str, batches: int, seed: int) -> list[tuple[torch.Tensor, list]]:
+def checkpoint_requests(path: str, batches: int, seed: int, root: str | None = None) -> list[tuple[torch.Tensor, list]]:
     """(Psi, requests) of ``infer_jointly`` for ``batches`` training batches of a trained VAELLS run, as its
     training steps make them (module docstring)."""
-    from unittest import mock
-
     import vaells
     import vaells.models.vaells as vaells_model
 
-    run = vaells.load(path)
+    run = vaells.load(path, data_overrides=_data_overrides(root))
     model = run.model
     if not run.has_operators:
         raise SystemExit(f"{path}: a {type(model).__name__} run has no coefficient inference to benchmark")
@@ -231,8 +241,8 @@ def _scaled(solver: CoefficientSolver, factor: int) -> CoefficientSolver:
     return scaled
 
 
-def checkpoint_row(path: str, batches: int, seed: int) -> dict:
-    captured = checkpoint_requests(path, batches, seed)
+def checkpoint_row(path: str, batches: int, seed: int, root: str | None = None) -> dict:
+    captured = checkpoint_requests(path, batches, seed, root)
     solve_captured(captured[:1], seed)  # warm-up
     t_train, trained = solve_captured(captured, seed)
     _, converged = solve_captured(captured, seed, iteration_factor=10)
@@ -264,7 +274,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", nargs="+", default=None,
                         help="trained VAELLS runs (folders or .ckpt): their own training problems instead")
     parser.add_argument("--batches", type=int, default=5, help="training batches per checkpoint")
+    parser.add_argument("--root", default=None, help="with --checkpoint: read the runs' data from this folder "
+                                                      "(one holding MNIST/raw) instead of their own setting")
+    parser.add_argument("--warm-passes", type=int, default=0,
+                        help="with --checkpoint: passes over the batches with warm starts after the one that fills "
+                             "the cache (0: the cold rows above)")
+    parser.add_argument("--warm-iter", type=int, default=5, help="the warm starts' iteration cap (warm_iter)")
     args = parser.parse_args(argv)
+    if args.checkpoint and args.warm_passes:
+        return warm_main(args)
     if args.checkpoint:
         return checkpoint_main(args)
     if args.repeats < 1 or args.throughput_pairs < 0 or not args.settings:
@@ -335,10 +353,98 @@ def checkpoint_main(args: argparse.Namespace) -> dict:
     print("-" * len(header))
     rows = {}
     for path in args.checkpoint:
-        row = rows[path] = checkpoint_row(path, args.batches, args.seed)
+        row = rows[path] = checkpoint_row(path, args.batches, args.seed, args.root)
         print(f"{path[-48:]:<48}{row['pairs']:>8}{row['us_per_pair']:>10.1f}{row['mean_iters']:>7.1f}"
               f"{row['at_cap']:>8.2f}{row['energy_median']:>12.3e}{row['energy_ratio_median']:>10.3f}", flush=True)
     summary = {"checkpoints": rows, "device": "cpu", "threads": torch.get_num_threads()}
+    print(json.dumps(summary))
+    return summary
+
+
+def _data_overrides(root: str | None) -> dict | None:
+    """Read the run's data from ``root`` (MNIST runs from another machine), without downloading."""
+    return None if root is None else {"root": root, "download": False}
+
+
+def warm_row(path: str, batches: int, seed: int, passes: int, warm_iter: int, root: str | None = None) -> dict:
+    """Warm against cold starts on a trained run's own problems, pass after pass (module docstring)."""
+    import copy
+
+    import vaells
+    from vaells.models.vaells import VAELLSModule
+
+    run = vaells.load(path, data_overrides=_data_overrides(root))
+    model = run.model
+    if not run.has_operators:
+        raise SystemExit(f"{path}: a {type(model).__name__} run has no coefficient inference to benchmark")
+    cold_post, cold_prior = model.posterior_solver, model.prior_solver
+    model.posterior_solver, model.prior_solver = copy.copy(cold_post), copy.copy(cold_prior)
+    model.posterior_solver.warm_iter = model.prior_solver.warm_iter = warm_iter
+    model.warm_starts, model.posterior_restarts = True, False
+    model.training = True  # the cache is kept in training mode only; the networks themselves stay in eval mode
+    dm = run.datamodule
+    dm.setup("fit")
+    weights = model.schedule.weights(model.weights, model.schedule.phase(model.schedule.warmup_steps))
+    data = [b for b, _ in zip(dm.train_dataloader(), range(batches), strict=False)]
+    original, rows = VAELLSModule._infer, []
+
+    def timed(self, batch, mu, z, c, anchors):
+        start = time.perf_counter()
+        post, prior = original(self, batch, mu, z, c, anchors)
+        t_warm = time.perf_counter() - start
+        if not record:  # the pass that fills the cache
+            return post, prior
+        restarts = restart_inits(c.shape[:-1], c.shape[-1], cold_post.restarts, dtype=c.dtype)
+        cold_requests = [(cold_post, mu, z, torch.cat([c.unsqueeze(-2), restarts], -2)),
+                         (cold_prior, anchors, z.unsqueeze(-2), None)]
+        start = time.perf_counter()
+        cold = infer_jointly(self.transport.psi, cold_requests)
+        t_cold = time.perf_counter() - start
+        conv = infer_jointly(self.transport.psi, [(_scaled(sv, 10), *rest) for sv, *rest in cold_requests])
+        rows.append((t_warm, t_cold, (post, prior), cold, conv))
+        return post, prior
+
+    torch.manual_seed(seed)
+    with mock.patch.object(VAELLSModule, "_infer", timed), torch.no_grad():
+        for p in range(passes + 1):
+            record = p > 0
+            for batch in data:
+                model.forward_terms(batch, weights)
+
+    def flat(results, key):
+        return torch.cat([getattr(r, key).flatten() for r in results]).double()
+
+    warm = [flat(r[2], "energy") for r in rows]
+    cold = [flat(r[3], "energy") for r in rows]
+    conv = [flat(r[4], "energy") for r in rows]
+    e_warm, e_cold, e_conv = torch.cat(warm), torch.cat(cold), torch.cat(conv)
+    pairs = int(e_warm.numel())
+    return {"pairs": pairs, "batches": batches, "passes": passes, "warm_iter": warm_iter,
+            "us_per_pair": 1e6 * sum(r[0] for r in rows) / pairs,
+            "cold_us_per_pair": 1e6 * sum(r[1] for r in rows) / pairs,
+            "mean_iters": float(torch.cat([flat(r[2], "num_iters") for r in rows]).mean()),
+            "cold_mean_iters": float(torch.cat([flat(r[3], "num_iters") for r in rows]).mean()),
+            "energy_over_converged": float(((e_warm + 1e-9) / (e_conv + 1e-9)).median()),
+            "cold_energy_over_converged": float(((e_cold + 1e-9) / (e_conv + 1e-9)).median()),
+            "energy_ratio_median": float(((e_warm + 1e-9) / (e_cold + 1e-9)).median()),
+            "energy_mean": float(e_warm.mean()), "cold_energy_mean": float(e_cold.mean())}
+
+
+def warm_main(args: argparse.Namespace) -> dict:
+    if args.batches < 1 or args.warm_iter < 1:
+        raise SystemExit(f"--batches and --warm-iter must be at least 1, got {args.batches} and {args.warm_iter}")
+    torch.set_num_threads(args.threads)
+    header = (f"{'checkpoint':<40}{'pairs':>7}{'us/pair':>9}{'cold':>9}{'iters':>7}{'cold':>7}{'E/E_conv':>10}"
+              f"{'cold':>8}{'E/E_cold':>10}")
+    print(header)
+    print("-" * len(header))
+    rows = {}
+    for path in args.checkpoint:
+        row = rows[path] = warm_row(path, args.batches, args.seed, args.warm_passes, args.warm_iter, args.root)
+        print(f"{path[-40:]:<40}{row['pairs']:>7}{row['us_per_pair']:>9.1f}{row['cold_us_per_pair']:>9.1f}"
+              f"{row['mean_iters']:>7.1f}{row['cold_mean_iters']:>7.1f}{row['energy_over_converged']:>10.3f}"
+              f"{row['cold_energy_over_converged']:>8.3f}{row['energy_ratio_median']:>10.3f}", flush=True)
+    summary = {"warm_starts": rows, "device": "cpu", "threads": torch.get_num_threads()}
     print(json.dumps(summary))
     return summary
 

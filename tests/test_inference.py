@@ -457,3 +457,57 @@ def test_one_operator_screening_keeps_the_closest_anchor() -> None:
                                rtol=1e-10, atol=1e-14)
     with pytest.raises(ValueError, match="screen_keep"):
         CoefficientSolver(screen_keep=0)
+
+
+# -- warm starts ----------------------------------------------------------------------------------------------
+def _underdetermined(seed: int, p: int = 24):
+    """M = 4 > d = 3: exact solutions form a family, and only lambda chooses among them (the L1 continuation's
+    case). Returns psi, z0, z1 and a converged c_hat, the answer of a long cold solve."""
+    psi, _, z0, z1, _ = _planted(d=3, m=4, p=p, seed=seed)
+    converged = infer_coefficients(psi, z0, z1, l1_weight=1e-3, restarts=[(-1.0, 1.0)], max_iter=400,
+                                   generator=_gen(seed))
+    return psi, z0, z1, converged
+
+
+def test_a_warm_start_keeps_its_energy_where_the_continuation_would_lose_it() -> None:
+    """From a converged answer, a warm start may only go down in energy; the L1 continuation, which a cold start
+    gets, first pulls c towards zero, and a short budget leaves it above the start."""
+    psi, z0, z1, converged = _underdetermined(seed=3)
+    flags = torch.ones(z0.shape[0], dtype=torch.bool)
+    warm = infer_coefficients(psi, z0, z1, l1_weight=1e-3, c_init=converged.c, warm=flags, max_iter=20, warm_iter=3)
+    cold = infer_coefficients(psi, z0, z1, l1_weight=1e-3, c_init=converged.c, max_iter=3)
+    assert (warm.energy <= converged.energy * (1 + 1e-9)).all()
+    assert (warm.num_iters <= 3).all()
+    assert (cold.energy > converged.energy * (1 + 1e-6)).any()  # the continuation's cost that warm starts avoid
+
+
+def test_warm_iter_caps_only_the_warm_starts() -> None:
+    psi, z0, z1, _ = _underdetermined(seed=4, p=10)
+    starts = restart_inits((10,), 4, [(-2.0, 2.0), (-2.0, 2.0)], generator=_gen(1))  # (P, R=2, M)
+    flags = torch.zeros(10, 2, dtype=torch.bool)
+    flags[:, 0] = True
+    from vaells.solver import flatten, solve
+
+    flat = flatten(psi, z0, z1, starts, [(0.0, 1.0)], None, flags)
+    l1 = torch.full((20,), 1e-9, dtype=F64)
+    out = solve(psi, flat.z0, flat.z1, flat.c, l1, 30, None, 20.0, warm=flat.warm, warm_iter=2)
+    iters = out.num_iters.view(10, 2)
+    assert (iters[:, 0] <= 2).all() and (iters[:, 1] > 2).any()
+
+
+def test_one_operator_warm_iter_caps_iterations() -> None:
+    psi, c_star, z0, z1, good, _ = _spiral_problem(16, seed=2)
+    far = good + 0.5
+    capped = infer_coefficients(psi, z0, z1, l1_weight=1e-8, c_init=far, warm=torch.ones(16, dtype=torch.bool),
+                                warm_iter=1)
+    free = infer_coefficients(psi, z0, z1, l1_weight=1e-8, c_init=far)
+    assert (capped.num_iters == 1).all() and (free.num_iters > 1).any()
+    assert (free.c - c_star).abs().max() < 1e-6
+
+
+def test_warm_flags_need_explicit_starts_and_a_valid_budget() -> None:
+    psi, _, z0, z1, _ = _planted(d=3, m=2, p=4, seed=0)
+    with pytest.raises(ValueError, match="warm marks explicit starts"):
+        infer_coefficients(psi, z0, z1, warm=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="warm_iter=30 must lie in"):
+        CoefficientSolver(max_iter=20, warm_iter=30)

@@ -202,7 +202,7 @@ def test_the_data_module_is_deterministic_and_batches_carry_coords() -> None:
     for key in ("x", "label", "coords"):
         torch.testing.assert_close(a.train_set.tensors[key], b.train_set.tensors[key])
     batch = next(iter(a.train_dataloader()))
-    assert set(batch) == {"x", "label", "coords"}
+    assert set(batch) == {"x", "label", "coords", "index"}
     assert batch["x"].shape == (30, 30) and batch["coords"].shape == (30, 1) and batch["x"].dtype == torch.float32
     assert a.input_shape == (30,) and a.num_classes == 2
     assert (len(a.train_set), len(a.val_set), len(a.test_set)) == (1000, 200, 1000)
@@ -323,7 +323,7 @@ def test_tensor_file_coords_are_split_with_x(tmp_path: Path, suffix: str) -> Non
         row = split.tensors["x"][:, 0]
         torch.testing.assert_close(split.tensors["coords"], torch.stack([row, -row], dim=1))
     batch = next(iter(dm.test_dataloader()))
-    assert set(batch) == {"x", "label", "coords"} and batch["coords"].dtype == torch.float32
+    assert set(batch) == {"x", "label", "coords", "index"} and batch["coords"].dtype == torch.float32
     assert not hasattr(dm, "manifold_points")  # no manifold in the file: no manifold metrics
 
 

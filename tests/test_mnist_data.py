@@ -111,7 +111,7 @@ def test_natural_splits_shapes_and_range(mnist_root: Path) -> None:
     assert dm.input_shape == (1, 28, 28) and dm.num_classes == 10 and not dm.per_sample_anchors
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         batch = next(iter(loader))
-        assert set(batch) == {"x", "label"}
+        assert set(batch) == {"x", "label", "index"}
         assert batch["x"].shape == (8, 1, 28, 28) and batch["x"].dtype == torch.float32
         assert batch["label"].shape == (8,) and batch["label"].dtype == torch.long
         assert 0.0 <= batch["x"].min() and batch["x"].max() <= 1.0
@@ -143,7 +143,7 @@ def test_rotated_batches_carry_per_sample_anchors(mnist_root: Path) -> None:
     assert dm.anchor_angles.tolist() == [0.0, 90.0, 180.0, 270.0]
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         batch = next(iter(loader))
-        assert set(batch) == {"x", "anchors", "label", "angle"}
+        assert set(batch) == {"x", "anchors", "label", "angle", "index"}
         assert batch["x"].shape == (8, 1, 32, 32) and batch["anchors"].shape == (8, 4, 1, 32, 32)
         assert batch["angle"].shape == (8,) and batch["angle"].dtype == torch.float32
         assert batch["label"].dtype == torch.long

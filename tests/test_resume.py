@@ -61,7 +61,19 @@ def assert_same_training_state(a: dict, b: dict) -> None:
             for name, value in state.items():
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt_b["state"][pid][name])), (pid, name)
         assert [g["lr"] for g in opt_a["param_groups"]] == [g["lr"] for g in opt_b["param_groups"]]
-    assert a["vaells"] == b["vaells"]  # batch counter, phase, Psi step size, accept counts
+    # batch counter, phase, Psi step size, accept counts, and the warm starts' coefficient cache where there is one
+    assert _equal(a["vaells"], b["vaells"]), (a["vaells"].keys(), b["vaells"].keys())
+
+
+def _equal(a, b) -> bool:
+    """==, with tensors compared exactly, inside dicts and lists."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(map(_equal, a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return a == b
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +104,25 @@ def test_sigkill_mid_epoch_then_resume_is_exact(reference, tmp_path) -> None:
     resumed = load(ckpt)
     assert max_param_diff(reference, resumed) == 0.0, f"killed at batch {batch}"
     assert_same_training_state(reference, resumed)
+
+
+@pytest.mark.e2e
+def test_warm_starts_resume_exactly_from_a_kill_in_the_second_epoch(tmp_path) -> None:
+    """The coefficient cache is training state: the resumed run starts each sample from the c_hat it had."""
+    warm = [*SHORT, "model.warm_starts=true", "model.prior_solver.warm_iter=3"]
+    proc = train(*warm, f"hydra.run.dir={tmp_path / 'reference'}")
+    assert proc.returncode == 0, proc.err[-3000:]
+    reference = load(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    assert (reference["vaells"]["coefficient_cache"][0]["step"] >= 0).all()
+    batch = BATCHES_PER_EPOCH + random.randint(1, BATCHES_PER_EPOCH - 1)  # the cache is in use by then
+    run = tmp_path / "run"
+    proc = train(*warm, "callbacks.interval_checkpoint.minutes=0", f"hydra.run.dir={run}",
+                 "+callbacks.kill._target_=faults.KillAt", env={"KILL_AT_BATCH": str(batch)})
+    assert proc.returncode == -signal.SIGKILL, proc.err[-3000:]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    proc = train(f"ckpt_path={ckpt}")
+    assert proc.returncode == 0, proc.err[-3000:]
+    assert_same_training_state(reference, load(ckpt))
 
 
 @pytest.mark.e2e

@@ -122,7 +122,7 @@ def test_circles_datamodule_batches_and_anchors() -> None:
     assert dm.num_classes == 2 and dm.input_shape == (20,)
     assert dm.anchors.shape == (6, 20) and dm.anchor_labels.tolist() == [0, 0, 0, 1, 1, 1]
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"x", "label", "coords"}
+    assert set(batch) == {"x", "label", "coords", "index"}
     assert batch["x"].shape == (8, 20) and batch["x"].dtype == torch.float32
     assert batch["label"].shape == (8,) and batch["label"].dtype == torch.long
     assert batch["coords"].shape == (8, 2)

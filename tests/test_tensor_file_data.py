@@ -39,7 +39,7 @@ def test_round_trip(tmp_path, suffix: str) -> None:
     rows = torch.cat([s.tensors["x"][:, 0, 0, 0] for s in (dm.train_set, dm.val_set, dm.test_set)])
     assert sorted(rows.long().tolist()) == list(range(60))
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"x", "label"}
+    assert set(batch) == {"x", "label", "index"}
     assert batch["x"].shape == (7, 1, 2, 2) and batch["x"].dtype == torch.float32
     assert batch["label"].dtype == torch.long
     torch.testing.assert_close(batch["label"], batch["x"][:, 0, 0, 0].long() % 3)

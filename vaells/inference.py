@@ -67,6 +67,8 @@ def infer_coefficients(
     jacobian_dtype: torch.dtype | None = None,
     screen_after: int | None = None,
     screen_keep: int = 1,
+    warm: Tensor | None = None,
+    warm_iter: int | None = None,
 ) -> InferenceResult:
     """MAP coefficients c_hat(z0 -> z1) for a batch of pairs, with random restarts; the lowest energy wins.
 
@@ -92,6 +94,9 @@ def infer_coefficients(
             iterations only the ``screen_keep`` lowest-energy pairs of each group (one sample's anchors and their
             restarts) go on iterating; the others return the c they have reached, with its true energy (docs/
             method.md §1.3). None: no screening.
+        warm: optional (..., R) bool, or (...) for one start per pair: which of ``c_init``'s starts are warm, i.e.
+            already near their answer (a cached c_hat, a posterior sample's own c). Warm starts skip the L1
+            continuation and stop after ``warm_iter`` iterations (default ``max_iter``) if not converged before.
 
     Returns:
         ``InferenceResult`` with c (..., M), energy (...,) and num_iters (...,) of the winning restart.
@@ -105,36 +110,42 @@ def infer_coefficients(
     _check_settings(psi, l1_weight, max_iter)
     dtype = dtype or psi.dtype
     psi = psi.detach().to(dtype)
-    flat = flatten(psi, z0, z1, c_init, restarts, generator)
+    flat = flatten(psi, z0, z1, c_init, restarts, generator, warm)
     l1 = torch.full((flat.c.shape[0],), float(l1_weight), dtype=dtype, device=psi.device)
     screen = None
     if screen_after is not None:
         groups = screen_groups(flat, True, 0)
         screen = Screen(groups, int(screen_after), int(screen_keep))
     solution = solve(psi, flat.z0, flat.z1, flat.c, l1, max_iter, ftol, max_norm, bound=_bound(max_coeff, l1),
-                      jacobian_dtype=_dtype(jacobian_dtype), screen=screen)
+                      jacobian_dtype=_dtype(jacobian_dtype), screen=screen, warm=flat.warm, warm_iter=warm_iter)
     return flat.best(solution.c, solution.energy, solution.num_iters)
 
 
 @torch.no_grad()
-def infer_jointly(
-    psi: Tensor, requests: Sequence[tuple[CoefficientSolver, Tensor, Tensor, Tensor | None]]
-) -> list[InferenceResult]:
+def infer_jointly(psi: Tensor, requests: Sequence[tuple]) -> list[InferenceResult]:
     """Several inference problems, each with its own solver settings (lambda, restarts), in one program.
 
-    ``requests`` holds (solver, z0, z1, c_init) tuples, e.g. a training step's posterior (mu -> z) and
-    prior (anchors -> z) problems. They share one solver loop, so its per-iteration overhead, which
-    dominates for small d and M, is paid once instead of once per problem. The iteration cap is the largest
+    ``requests`` holds (solver, z0, z1, c_init) or (solver, z0, z1, c_init, warm) tuples, e.g. a training step's
+    posterior (mu -> z) and prior (anchors -> z) problems; ``warm`` marks warm starts as in ``infer_coefficients``,
+    each request's under its own solver's ``warm_iter``. They share one solver loop, so its per-iteration overhead,
+    which dominates for small d and M, is paid once instead of once per problem. The iteration cap is the largest
     of the solvers', ftol the smallest. Returns one ``InferenceResult`` per request, as
     ``infer_coefficients`` would.
     """
+    requests = [(*r, None) if len(r) == 4 else tuple(r) for r in requests]
     solvers = [r[0] for r in requests]
     dtype = next((sv.dtype for sv in solvers if sv.dtype is not None), psi.dtype)
     for sv in solvers:
         _check_settings(psi, sv.l1_weight, sv.max_iter)
     psi = psi.detach().to(dtype)
-    flats = [flatten(psi, z0, z1, c_init, sv.restarts, None) for sv, z0, z1, c_init in requests]
+    flats = [flatten(psi, z0, z1, c_init, sv.restarts, None, warm) for sv, z0, z1, c_init, warm in requests]
     sizes = [f.c.shape[0] for f in flats]
+    warm, warm_iter = None, None
+    if any(f.warm is not None for f in flats):
+        warm = torch.cat([torch.zeros(n, dtype=torch.bool, device=psi.device) if f.warm is None else f.warm
+                          for f, n in zip(flats, sizes, strict=True)])
+        warm_iter = torch.cat([torch.full((n,), sv.warm_iter or sv.max_iter, dtype=torch.long, device=psi.device)
+                               for sv, n in zip(solvers, sizes, strict=True)])
     l1 = torch.cat([torch.full((n,), sv.l1_weight, dtype=dtype, device=psi.device)
                     for sv, n in zip(solvers, sizes, strict=True)])
     ftols = [sv.ftol for sv in solvers if sv.ftol is not None]
@@ -156,7 +167,7 @@ def infer_jointly(
     solution = solve(
         psi, torch.cat([f.z0 for f in flats]), torch.cat([f.z1 for f in flats]), torch.cat([f.c for f in flats]),
         l1, max(sv.max_iter for sv in solvers), min(ftols) if ftols else None, 20.0, bound=bound,
-        jacobian_dtype=_joint_jacobian_dtype(solvers), screen=screen,
+        jacobian_dtype=_joint_jacobian_dtype(solvers), screen=screen, warm=warm, warm_iter=warm_iter,
     )
     parts = zip(*(t.split(sizes) for t in (solution.c, solution.energy, solution.num_iters)), strict=True)
     return [f.best(c, e, it) for f, (c, e, it) in zip(flats, parts, strict=True)]
@@ -201,6 +212,10 @@ class CoefficientSolver:
     reach any target with a large |c|; the prior's residual, Psi's only gradient from the prior (c_hat is a
     constant), then vanishes and the operators never grow. A bound keeps the residual until Psi has grown
     enough for plausible coefficients to reach the anchors.
+
+    ``warm_iter`` caps the iterations of warm starts (``infer_coefficients``' ``warm``; None: ``max_iter``): a pair
+    that starts near its answer needs a few refining iterations, and the cap keeps the pairs that do not converge
+    (M > d, where lambda alone picks among exact solutions) from running to ``max_iter`` (docs/method.md §1.3).
     """
 
     def __init__(
@@ -214,7 +229,11 @@ class CoefficientSolver:
         jacobian_dtype: str | torch.dtype | None = None,
         screen_after: int | None = None,
         screen_keep: int = 1,
+        warm_iter: int | None = None,
     ) -> None:
+        if warm_iter is not None and not 1 <= int(warm_iter) <= int(max_iter):
+            raise ValueError(f"warm_iter={warm_iter} must lie in [1, max_iter={max_iter}], or be null for max_iter")
+        self.warm_iter = None if warm_iter is None else int(warm_iter)
         if l1_weight < 0:
             raise ValueError(f"l1_weight must be >= 0, got {l1_weight}")
         if screen_after is not None and not 1 <= int(screen_after) < int(max_iter):
@@ -243,11 +262,13 @@ class CoefficientSolver:
         z1: Tensor,
         c_init: Tensor | None = None,
         generator: torch.Generator | None = None,
+        warm: Tensor | None = None,
     ) -> InferenceResult:
         return infer_coefficients(
             psi, z0, z1, l1_weight=self.l1_weight, restarts=self.restarts, c_init=c_init,
             max_iter=self.max_iter, ftol=self.ftol, max_coeff=self.max_coeff, generator=generator, dtype=self.dtype,
             jacobian_dtype=self.jacobian_dtype, screen_after=self.screen_after, screen_keep=self.screen_keep,
+            warm=warm, warm_iter=self.warm_iter,
         )
 
     def __repr__(self) -> str:

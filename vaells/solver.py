@@ -141,6 +141,7 @@ class Flat:
     c: Tensor  # (Q, M) starts
     batch_shape: torch.Size
     num_restarts: int
+    warm: Tensor | None = None  # (Q,) bool: starts near their answer (``solve``'s warm budget), or None: none
 
     def best(self, c: Tensor, e: Tensor, it: Tensor) -> InferenceResult:
         """The lowest-energy restart of each pair, in the caller's batch shape."""
@@ -197,13 +198,18 @@ def flatten(
     c_init: Tensor | None,
     restarts: Sequence[Sequence[float]],
     generator: torch.Generator | None,
+    warm: Tensor | None = None,
 ) -> Flat:
+    """Q = prod(batch) * R problems from pairs z0, z1 (..., d) and starts c_init ((..., M), (..., R, M) or None:
+    ``restarts``' draws); ``warm`` (..., R) bool marks the starts that are warm (``solve``)."""
     m, d = psi.shape[0], psi.shape[-1]
     for name, z in (("z0", z0), ("z1", z1)):
         if z.shape[-1:] != (d,):
             raise ValueError(f"{name} must have shape (..., d={d}), got {tuple(z.shape)}")
         check_finite(name, z)
     batch_shape = torch.broadcast_shapes(z0.shape[:-1], z1.shape[:-1])
+    if warm is not None and (c_init is None or warm.dtype != torch.bool):
+        raise ValueError("warm marks explicit starts: give it as a bool tensor (..., R) together with c_init")
     if c_init is None:
         c_init = restart_inits(batch_shape, m, restarts, generator=generator, dtype=psi.dtype, device=psi.device)
     else:
@@ -215,9 +221,13 @@ def flatten(
             c_init = c_init.unsqueeze(-2)
         c_init = c_init.expand(*batch_shape, c_init.shape[-2], m)
     r = c_init.shape[-2]
+    if warm is not None:
+        if warm.dim() == len(batch_shape):  # one flag per pair
+            warm = warm.unsqueeze(-1)
+        warm = warm.to(psi.device).expand(*batch_shape, r).reshape(-1)
     z0q = z0.detach().to(psi.dtype).expand(*batch_shape, d).unsqueeze(-2).expand(*batch_shape, r, d)
     z1q = z1.detach().to(psi.dtype).expand(*batch_shape, d).unsqueeze(-2).expand(*batch_shape, r, d)
-    return Flat(z0q.reshape(-1, d), z1q.reshape(-1, d), c_init.reshape(-1, m).clone(), batch_shape, r)
+    return Flat(z0q.reshape(-1, d), z1q.reshape(-1, d), c_init.reshape(-1, m).clone(), batch_shape, r, warm)
 
 
 def solve(
@@ -227,11 +237,18 @@ def solve(
     bound: Tensor | None = None,
     jacobian_dtype: torch.dtype | None = None,
     screen: Screen | None = None,
+    warm: Tensor | None = None,
+    warm_iter: Tensor | int | None = None,
 ) -> InferenceResult:
     """Proximal Levenberg-Marquardt on Q flattened problems: z0, z1 (Q, d), c (Q, M) initial, lambda (Q,),
     and an optional box |c_m| <= bound (Q,) (inf: none), kept by projecting every step onto it. ``screen``
-    drops the losers of each competing group from the working set after its first iterations."""
+    drops the losers of each competing group from the working set after its first iterations.
+
+    ``warm`` (Q,) bool marks starts already near their answer (a cached c_hat, the sampled c of a posterior
+    sample): they skip the L1 continuation, which would first pull them back towards c = 0, and stop after
+    ``warm_iter`` (an int, or (Q,) per pair) iterations if they have not converged before (docs/method.md §1.3)."""
     q, m = c.shape
+    limit = _limits(q, max_iter, warm, warm_iter, c.device)
     if bound is not None:
         c = torch.maximum(torch.minimum(c, bound.unsqueeze(-1)), -bound.unsqueeze(-1))
     z0_all, z1_all, l1_all = z0, z1, l1_weight
@@ -242,7 +259,7 @@ def solve(
     kernel = transport_apply(psi)  # the evaluation of T(c) z0 and its Jacobian that suits Psi's shape
     if isinstance(kernel, EigenTransportApply):
         return InferenceResult(*solve_scalar(kernel, z0, z1, c[:, 0], l1_weight, max_iter, ftol, max_norm, max_step,
-                                              bound, screen))
+                                              bound, screen, limit))
     e, r = _residual(kernel, z0, z1, c, l1_weight, max_norm)
     bad = ~torch.isfinite(e)
     if bool(bad.any()):
@@ -266,6 +283,8 @@ def solve(
     # scale of the gradient and shrinking it geometrically keeps the path near the sparse end of the
     # manifold (the homotopy of LARS / SpaRSA-style continuation); the boost is gone after ~25 iterations.
     boost = 0.5 * g.abs().amax(-1) if m > z0.shape[-1] else torch.zeros_like(mu)
+    if warm is not None:
+        boost = torch.where(warm, torch.zeros_like(boost), boost)
     unboosted = 1e-3 * l1_weight  # below this the boost no longer changes E measurably
     # Geometric decay that reaches `unboosted` after 40% of the iteration budget, leaving the rest to converge
     # at the true lambda (0.6 per iteration for max_iter = 100; tuned on the benchmark problems).
@@ -289,7 +308,8 @@ def solve(
         # above ftol relative to E (the model has nothing left to give), or damping has run away.
         small_step = accept & ((x - c).abs().amax(-1) <= xtol * (c.abs().amax(-1) + xtol))
         stalled = (predicted.abs() <= ftol * e) | (accept & ((e - e_new) <= ftol * e))
-        done = (small_step | stalled | (nu > 2.0**10) | (e <= eps * eps)) & (boost <= unboosted)
+        converged = small_step | stalled | (nu > 2.0**10) | (e <= eps * eps)
+        done = (converged & (boost <= unboosted)) | (its + 1 >= limit)
         # Accepted steps move: new point, residual, Jacobian (computed only here, where it will be used:
         # the M directional derivatives cost about M times the trial evaluation), gradient, secant term.
         moved = accept.nonzero().squeeze(-1)
@@ -310,8 +330,8 @@ def solve(
         if bool(done.any()):
             out_c[idx[done]], out_it[idx[done]] = c[done], its[done]
             keep = ~done
-            idx, c, r, g, jac, s2, mu, nu, its, boost, decay, l1_weight, unboosted = (
-                t[keep] for t in (idx, c, r, g, jac, s2, mu, nu, its, boost, decay, l1_weight, unboosted)
+            idx, c, r, g, jac, s2, mu, nu, its, boost, decay, l1_weight, unboosted, limit = (
+                t[keep] for t in (idx, c, r, g, jac, s2, mu, nu, its, boost, decay, l1_weight, unboosted, limit)
             )
             bound = None if bound is None else bound[keep]
             z0, z1 = z0[keep], z1[keep]
@@ -327,6 +347,7 @@ def solve(
 def solve_scalar(
     kernel: EigenTransportApply, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: Tensor, max_iter: int, ftol: float,
     max_norm: float, max_step: float, bound: Tensor | None, screen: Screen | None = None,
+    iter_cap: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One operator (M = 1) in Psi's eigenbasis: exact proximal Newton on the scalar problem
     E(c) = 1/2 ||r(c)||^2 + lambda |c|, r(c) = V (e^(c Lambda) * V^-1 z0) - z1 (docs/method.md §1.3).
@@ -338,7 +359,8 @@ def solve_scalar(
     convex (h <= |g| / radius) the curvature is raised to |g| / radius, a step of the radius downhill.
     This is a few elementwise operations per pair and iteration, against the general solver's hundreds of
     small tensor operations; the minimiser sought is the same. c (Q,) starts, lambda and bound (Q,), ``screen``
-    as in ``solve``; returns c_hat (Q, 1), E(c_hat) (Q,) and the iterations each pair used (Q,).
+    as in ``solve``, ``iter_cap`` (Q,) each pair's iteration cap (default max_iter); returns c_hat (Q, 1), E(c_hat) (Q,)
+    and the iterations each pair used (Q,).
     """
     q = c.shape[0]
     eps = torch.finfo(c.dtype).eps
@@ -375,6 +397,8 @@ def solve_scalar(
         scale = xtol * (c.abs() + xtol)
         done = ((accept & (step <= scale)) | (predicted.abs() <= ftol * e) | (accept & (e - e_new <= ftol * e))
                 | (radius <= scale) | (e <= eps * eps))
+        if iter_cap is not None:
+            done = done | (iter_cap <= it)
         radius = torch.where(live, torch.where(accept, torch.maximum(radius, 2 * step), 0.25 * step), radius)
         c, e, g, h = (torch.where(accept, new, old) for new, old in ((x, c), (e_new, e), (g_new, g), (h_new, h)))
         if screen is not None and it == screen.after:  # out_e holds the energies of the pairs compacted away
@@ -391,9 +415,20 @@ def solve_scalar(
             out_c[idx[out]], out_e[idx[out]], out_it[idx[out]] = c[out], e[out], its[out]
             idx, c, e, g, h, radius, hi, lam, w0, z1, its = (
                 t[live] for t in (idx, c, e, g, h, radius, hi, lam, w0, z1, its))
+            iter_cap = None if iter_cap is None else iter_cap[live]
             live = live[live]
     out_c[idx], out_e[idx], out_it[idx] = c, e, its
     return out_c.unsqueeze(-1), out_e, out_it
+
+
+def _limits(q: int, max_iter: int, warm: Tensor | None, warm_iter: Tensor | int | None,
+            device: torch.device) -> Tensor:
+    """Each pair's iteration cap (Q,): ``warm_iter`` for warm starts (capped at max_iter), max_iter for the rest."""
+    limit = torch.full((q,), max_iter, dtype=torch.long, device=device)
+    if warm is None or warm_iter is None:
+        return limit
+    warm_iter = torch.as_tensor(warm_iter, dtype=torch.long, device=device).expand(q)
+    return torch.where(warm, warm_iter.clamp(1, max_iter), limit)
 
 
 def energy(psi: Tensor, z0: Tensor, z1: Tensor, c: Tensor, l1_weight: float | Tensor) -> Tensor:

@@ -38,7 +38,8 @@ MANIFOLD_POINTS = 20000
 
 
 class DictDataset(Dataset):
-    """Equal-length tensors indexed together; item i is ``{key: tensor[i]}``, so batches are dicts."""
+    """Equal-length tensors indexed together; item i is ``{key: tensor[i]}`` plus its ``index`` i, so batches are
+    dicts (the index keys a training sample's warm starts, ``vaells.models.cache``)."""
 
     def __init__(self, **tensors: Tensor) -> None:
         lengths = {key: t.shape[0] for key, t in tensors.items()}
@@ -51,7 +52,7 @@ class DictDataset(Dataset):
         return self._len
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {key: t[index] for key, t in self.tensors.items()}
+        return {key: t[index] for key, t in self.tensors.items()} | {"index": torch.tensor(index)}
 
 
 def split_seeds(seed: int, num_splits: int = 3) -> list[int]:

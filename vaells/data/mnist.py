@@ -141,7 +141,7 @@ def evenly_spaced_angles(anchors_per_class: int) -> Tensor:
 
 
 class _Digits(Dataset):
-    """MNIST digits as dicts {"x": (1, 28, 28) float32 in [0, 1], "label": long}.
+    """MNIST digits as dicts {"x": (1, 28, 28) float32 in [0, 1], "label": long, "index": long}.
 
     Indices may be plain ints or ``(epoch, index)`` pairs from ``_EpochSampler``; the epoch is unused.
     """
@@ -154,7 +154,8 @@ class _Digits(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Tensor]:
         index = key[1] if isinstance(key, tuple) else key
-        return {"x": self.images[index, None].float() / 255.0, "label": self.labels[index]}
+        return {"x": self.images[index, None].float() / 255.0, "label": self.labels[index],
+                "index": torch.tensor(index)}
 
 
 class _DigitAngles(_Digits):
@@ -180,14 +181,14 @@ class _DigitAngles(_Digits):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         digit = F.pad(self.images[index, None].float() / 255.0, (ROTATED_PAD,) * 4)  # (1, 32, 32)
         angle = torch.tensor(self.angle(epoch, index), dtype=torch.float32)
-        return {"digit": digit, "label": self.labels[index], "angle": angle}
+        return {"digit": digit, "label": self.labels[index], "angle": angle, "index": torch.tensor(index)}
 
 
 def _collate_rotated(items: list[dict[str, Tensor]], anchor_angles: Tensor) -> dict[str, Tensor]:
     """Stack ``_DigitAngles`` items and rotate the batch at once (a module-level function: picklable).
 
     Returns x (B, 1, 32, 32) at the drawn angles, anchors (B, N_a, 1, 32, 32) with each digit at the
-    N_a evenly spaced ``anchor_angles``, label (B,) and angle (B,) degrees.
+    N_a evenly spaced ``anchor_angles``, label (B,), angle (B,) degrees and index (B,).
     """
     digits = torch.stack([item["digit"] for item in items])  # (B, 1, H, W)
     angles = torch.stack([item["angle"] for item in items])  # (B,)
@@ -198,6 +199,7 @@ def _collate_rotated(items: list[dict[str, Tensor]], anchor_angles: Tensor) -> d
         "label": torch.stack([item["label"] for item in items]),
         "angle": angles,
         "anchors": anchors.view(B, N_a, *digits.shape[1:]),
+        "index": torch.stack([item["index"] for item in items]),
     }
 
 

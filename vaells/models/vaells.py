@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from vaells.distributions import AnchorPrior, TransportPosterior
 from vaells.inference import CoefficientSolver, InferenceResult, infer_jointly, restart_inits
+from vaells.models.cache import CoefficientCache
 from vaells.models.importance import (
     ImportanceSamples,
     LatentDensities,
@@ -69,6 +70,11 @@ class VAELLSModule(ModelBase):
             None when batches carry per-sample anchors (rotated MNIST).
         gradient_clip_val: optional norm clip for the network gradients (manual optimization cannot use
             the Trainer's).
+        warm_starts: start each training step's inference near its answer (docs/method.md §1.3): the posterior
+            from the sampled c, the prior from each sample's c_hat of its last step (``vaells.models.cache``),
+            both without the L1 continuation and capped at the solvers' ``warm_iter``. Off: the release's starts.
+        posterior_restarts: also solve the posterior from the posterior solver's random restarts, beside the
+            sampled c (the lowest energy wins).
     """
 
     def __init__(
@@ -95,6 +101,8 @@ class VAELLSModule(ModelBase):
         anchors: Tensor | None = None,
         anchor_labels: Tensor | None = None,
         gradient_clip_val: float | None = None,
+        warm_starts: bool = False,
+        posterior_restarts: bool = True,
     ) -> None:
         super().__init__()
         if num_operators < 1:
@@ -147,6 +155,8 @@ class VAELLSModule(ModelBase):
         else:
             self.anchor_labels = None
         self._logged_stage: str | None = None  # the stage last named in the log: "warm-up" or "VAELLS"
+        self.warm_starts, self.posterior_restarts = bool(warm_starts), bool(posterior_restarts)
+        self.coefficient_cache = CoefficientCache()
 
     # -- the model -----------------------------------------------------------------------------------
     @property
@@ -290,13 +300,7 @@ class VAELLSModule(ModelBase):
                                        validate_args=False)
         z, c = posterior.rsample_with_coefficients()
         check_latents(mu=mu, anchors=anchors, z=z)
-        # The sampled c is an excellent start for c_hat(mu -> z): z - T(c) mu is just the noise.
-        starts = restart_inits(c.shape[:-1], c.shape[-1], self.posterior_solver.restarts, dtype=c.dtype,
-                               device=c.device)
-        post, prior_result = infer_jointly(self.transport.psi, [
-            (self.posterior_solver, mu, z, torch.cat([c.unsqueeze(-2), starts], -2)),
-            (self.prior_solver, anchors, z.unsqueeze(-2), None),  # every anchor of the sample's class
-        ])
+        post, prior_result = self._infer(batch, mu, z, c, anchors)
         prior = AnchorPrior(anchors, self.transport, self.coeff_scale, self.noise_std, self.prior_solver,
                             self.closest_anchor)
         prior_residual, prior_c = prior.components(z, prior_result)
@@ -305,6 +309,43 @@ class VAELLSModule(ModelBase):
                             weights, x, x_hat)
         return ForwardTerms(terms=terms, x=x, x_hat=x_hat, mu=mu, z=z, c=c, anchors=anchors, post=post,
                             prior=prior_result)
+
+    def _infer(self, batch: dict[str, Tensor], mu: Tensor, z: Tensor, c: Tensor,
+               anchors: Tensor) -> tuple[InferenceResult, InferenceResult]:
+        """c_hat(mu -> z) and c_hat(anchor -> z) for every anchor of each sample, in one solver program."""
+        # The sampled c is an excellent start for c_hat(mu -> z): z - T(c) mu is just the noise.
+        post_starts = c.unsqueeze(-2)
+        if self.posterior_restarts:
+            random = restart_inits(c.shape[:-1], c.shape[-1], self.posterior_solver.restarts, dtype=c.dtype,
+                                   device=c.device)
+            post_starts = torch.cat([post_starts, random], -2)
+        post_warm = None
+        if self.warm_starts:
+            post_warm = torch.zeros(post_starts.shape[:-1], dtype=torch.bool, device=c.device)
+            post_warm[..., 0] = True
+        posterior = (self.posterior_solver, mu, z, post_starts, post_warm)
+        if not (self.warm_starts and self.training):  # evaluation and validation keep no cache
+            return tuple(infer_jointly(self.transport.psi, [posterior, (self.prior_solver, anchors, z.unsqueeze(-2),
+                                                                          None)]))
+        if "index" not in batch:
+            raise ValueError("model.warm_starts=true needs training batches that carry each sample's 'index' (every "
+                             "built-in dataset does); give your dataset an 'index' key, or set model.warm_starts=false")
+        start, hit = self.coefficient_cache.starts(batch["index"], c, anchors.shape[1])
+        requests, parts = [posterior], []
+        for rows, warm in ((~hit, False), (hit, True)):  # samples seen before start from their cached c_hat
+            if bool(rows.any()):
+                parts.append(rows)
+                starts = start[rows] if warm else None
+                flags = torch.ones(start[rows].shape[:-1], dtype=torch.bool, device=c.device) if warm else None
+                requests.append((self.prior_solver, anchors[rows], z[rows].unsqueeze(-2), starts, flags))
+        post, *results = infer_jointly(self.transport.psi, requests)
+        b, n_a = anchors.shape[:2]
+        prior = InferenceResult(c=start.new_empty(b, n_a, c.shape[-1]), energy=start.new_empty(b, n_a),
+                                num_iters=torch.empty(b, n_a, dtype=torch.long, device=c.device))
+        for rows, result in zip(parts, results, strict=True):
+            prior.c[rows], prior.energy[rows], prior.num_iters[rows] = result.c, result.energy, result.num_iters
+        self.coefficient_cache.store(batch["index"], prior.c, c, self.batch_counter)
+        return post, prior
 
     @torch.no_grad()
     def _operator_loss(self, out: ForwardTerms, eps: Tensor, weights: LossWeights) -> Tensor:
@@ -478,6 +519,8 @@ class VAELLSModule(ModelBase):
             "phase": self.schedule.phase(self.batch_counter),
             "psi_rule": self.psi_rule.state_dict() if self.psi_rule is not None else None,
         }
+        if self.warm_starts:  # a resumed run starts its warm starts where this one stood, rank by rank
+            checkpoint["vaells"]["coefficient_cache"] = self._rank_caches()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -485,3 +528,24 @@ class VAELLSModule(ModelBase):
         self.batch_counter = state.get("batch_counter", 0)
         if self.psi_rule is not None and state.get("psi_rule") is not None:
             self.psi_rule.load_state_dict(state["psi_rule"])
+        self.coefficient_cache = CoefficientCache()
+        caches = state.get("coefficient_cache")
+        if caches:
+            rank, world = (0, 1) if self._trainer is None else (self.trainer.global_rank, self.trainer.world_size)
+            if len(caches) == world:  # the same ranks: each takes its own back, so the run resumes exactly
+                self.coefficient_cache.load_state_dict(caches[rank])
+            else:  # another number of processes: every rank starts from the newest entry of each sample
+                for cache in caches:
+                    part = CoefficientCache()
+                    part.load_state_dict(cache)
+                    self.coefficient_cache.merge(part)
+
+    def _rank_caches(self) -> list[dict[str, Tensor]]:
+        """Every rank's coefficient cache (``state_dict``), in rank order: under DDP each rank saw its own samples."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return [self.coefficient_cache.state_dict()]
+        # all_gather needs equal shapes: every rank grows its cache to the largest one first.
+        size = int(self.all_gather(torch.tensor(self.coefficient_cache.step.shape[0], device=self.device)).max())
+        self.coefficient_cache.grow(size)
+        state = {k: self.all_gather(v.to(self.device)).cpu() for k, v in self.coefficient_cache.state_dict().items()}
+        return [{k: v[rank] for k, v in state.items()} for rank in range(state["step"].shape[0])]
