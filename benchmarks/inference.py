@@ -26,16 +26,17 @@ of pairs that use every iteration), then solves the same problems from the same 
 iteration cap: ``energy_ratio_median`` (training budget / converged) says how close to its optimum the training
 budget leaves a pair.
 
-``--checkpoint RUN --warm-passes K --warm-iter N`` measures warm starts (``model.warm_starts``, docs/method.md §1.3) on
-the same trained run: it goes K + 1 times over the batches, as K + 1 epochs would, each time with a fresh posterior
-sample. The first pass fills the coefficient cache; on the later ones every step's problems are solved three ways:
-warm (the posterior from the sampled c alone, the prior from the cache, ``N`` iterations), cold (today's training
-starts: the release's random restarts, the solvers' own caps) and converged (cold, 10 times the caps). It reports the
-warm and the cold ``us_per_pair`` and mean iterations side by side, each one's median ``E / E_conv``, and
-``energy_ratio_median``, the median of E_warm / E_cold (1 or below: warm starts lose nothing). The trained model does
-not move between passes, as it would between epochs of training, so the cache is as fresh as it can be.
+``--checkpoint RUN --warm-passes K --warm-iter N [--broyden]`` measures warm starts (``model.warm_starts``,
+docs/method.md §1.3) on the same trained run: it goes K + 1 times over the batches, as K + 1 epochs would, each time
+with a fresh posterior sample. The first pass fills the coefficient cache; on the later ones every step's problems
+are solved three ways: warm (the posterior from the sampled c alone, the prior from the cache, ``N`` iterations),
+cold (today's training starts: the release's random restarts, the solvers' own caps) and converged (cold, 10 times
+the caps). It reports the warm and the cold ``us_per_pair`` and mean iterations side by side, each one's median
+``E / E_conv``, and ``energy_ratio_median``, the median of E_warm / E_cold (1 or below: warm starts lose nothing). The
+trained model does not move between passes, as it would between epochs of training, so the cache is as fresh as it
+can be.
 
-    python benchmarks/inference.py --checkpoint RUN --batches 5 --warm-passes 3 --warm-iter 5 [--root MNIST_FOLDER]
+    python benchmarks/inference.py --checkpoint RUN --batches 5 --warm-passes 3 --warm-iter 7 --broyden [--root DIR]
 """
 
 from __future__ import annotations
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="with --checkpoint: passes over the batches with warm starts after the one that fills "
                              "the cache (0: the cold rows above)")
     parser.add_argument("--warm-iter", type=int, default=5, help="the warm starts' iteration cap (warm_iter)")
+    parser.add_argument("--broyden", action="store_true", help="warm starts update their Jacobian by Broyden's rule")
     args = parser.parse_args(argv)
     if args.checkpoint and args.warm_passes:
         return warm_main(args)
@@ -366,7 +368,8 @@ def _data_overrides(root: str | None) -> dict | None:
     return None if root is None else {"root": root, "download": False}
 
 
-def warm_row(path: str, batches: int, seed: int, passes: int, warm_iter: int, root: str | None = None) -> dict:
+def warm_row(path: str, batches: int, seed: int, passes: int, warm_iter: int, root: str | None = None,
+             broyden: bool = False) -> dict:
     """Warm against cold starts on a trained run's own problems, pass after pass (module docstring)."""
     import copy
 
@@ -380,6 +383,7 @@ def warm_row(path: str, batches: int, seed: int, passes: int, warm_iter: int, ro
     cold_post, cold_prior = model.posterior_solver, model.prior_solver
     model.posterior_solver, model.prior_solver = copy.copy(cold_post), copy.copy(cold_prior)
     model.posterior_solver.warm_iter = model.prior_solver.warm_iter = warm_iter
+    model.posterior_solver.broyden = model.prior_solver.broyden = broyden
     model.warm_starts, model.posterior_restarts = True, False
     model.training = True  # the cache is kept in training mode only; the networks themselves stay in eval mode
     dm = run.datamodule
@@ -419,7 +423,7 @@ def warm_row(path: str, batches: int, seed: int, passes: int, warm_iter: int, ro
     conv = [flat(r[4], "energy") for r in rows]
     e_warm, e_cold, e_conv = torch.cat(warm), torch.cat(cold), torch.cat(conv)
     pairs = int(e_warm.numel())
-    return {"pairs": pairs, "batches": batches, "passes": passes, "warm_iter": warm_iter,
+    return {"pairs": pairs, "batches": batches, "passes": passes, "warm_iter": warm_iter, "broyden": broyden,
             "us_per_pair": 1e6 * sum(r[0] for r in rows) / pairs,
             "cold_us_per_pair": 1e6 * sum(r[1] for r in rows) / pairs,
             "mean_iters": float(torch.cat([flat(r[2], "num_iters") for r in rows]).mean()),
@@ -440,7 +444,8 @@ def warm_main(args: argparse.Namespace) -> dict:
     print("-" * len(header))
     rows = {}
     for path in args.checkpoint:
-        row = rows[path] = warm_row(path, args.batches, args.seed, args.warm_passes, args.warm_iter, args.root)
+        row = rows[path] = warm_row(path, args.batches, args.seed, args.warm_passes, args.warm_iter, args.root,
+                                    args.broyden)
         print(f"{path[-40:]:<40}{row['pairs']:>7}{row['us_per_pair']:>9.1f}{row['cold_us_per_pair']:>9.1f}"
               f"{row['mean_iters']:>7.1f}{row['cold_mean_iters']:>7.1f}{row['energy_over_converged']:>10.3f}"
               f"{row['cold_energy_over_converged']:>8.3f}{row['energy_ratio_median']:>10.3f}", flush=True)

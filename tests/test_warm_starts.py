@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import compose_train
+
 from vaells.models.cache import CoefficientCache
 
 F64 = torch.float64

@@ -69,6 +69,7 @@ def infer_coefficients(
     screen_keep: int = 1,
     warm: Tensor | None = None,
     warm_iter: int | None = None,
+    broyden: bool = False,
 ) -> InferenceResult:
     """MAP coefficients c_hat(z0 -> z1) for a batch of pairs, with random restarts; the lowest energy wins.
 
@@ -97,6 +98,7 @@ def infer_coefficients(
         warm: optional (..., R) bool, or (...) for one start per pair: which of ``c_init``'s starts are warm, i.e.
             already near their answer (a cached c_hat, a posterior sample's own c). Warm starts skip the L1
             continuation and stop after ``warm_iter`` iterations (default ``max_iter``) if not converged before.
+        broyden: warm starts compute the Jacobian once and then update it by Broyden's rank-one rule.
 
     Returns:
         ``InferenceResult`` with c (..., M), energy (...,) and num_iters (...,) of the winning restart.
@@ -117,7 +119,8 @@ def infer_coefficients(
         groups = screen_groups(flat, True, 0)
         screen = Screen(groups, int(screen_after), int(screen_keep))
     solution = solve(psi, flat.z0, flat.z1, flat.c, l1, max_iter, ftol, max_norm, bound=_bound(max_coeff, l1),
-                      jacobian_dtype=_dtype(jacobian_dtype), screen=screen, warm=flat.warm, warm_iter=warm_iter)
+                      jacobian_dtype=_dtype(jacobian_dtype), screen=screen, warm=flat.warm, warm_iter=warm_iter,
+                      broyden=flat.warm if broyden else None)
     return flat.best(solution.c, solution.energy, solution.num_iters)
 
 
@@ -140,12 +143,13 @@ def infer_jointly(psi: Tensor, requests: Sequence[tuple]) -> list[InferenceResul
     psi = psi.detach().to(dtype)
     flats = [flatten(psi, z0, z1, c_init, sv.restarts, None, warm) for sv, z0, z1, c_init, warm in requests]
     sizes = [f.c.shape[0] for f in flats]
-    warm, warm_iter = None, None
+    warm, warm_iter, broyden = None, None, None
     if any(f.warm is not None for f in flats):
         warm = torch.cat([torch.zeros(n, dtype=torch.bool, device=psi.device) if f.warm is None else f.warm
                           for f, n in zip(flats, sizes, strict=True)])
         warm_iter = torch.cat([torch.full((n,), sv.warm_iter or sv.max_iter, dtype=torch.long, device=psi.device)
                                for sv, n in zip(solvers, sizes, strict=True)])
+        broyden = torch.cat([part & sv.broyden for part, sv in zip(warm.split(sizes), solvers, strict=True)])
     l1 = torch.cat([torch.full((n,), sv.l1_weight, dtype=dtype, device=psi.device)
                     for sv, n in zip(solvers, sizes, strict=True)])
     ftols = [sv.ftol for sv in solvers if sv.ftol is not None]
@@ -168,6 +172,7 @@ def infer_jointly(psi: Tensor, requests: Sequence[tuple]) -> list[InferenceResul
         psi, torch.cat([f.z0 for f in flats]), torch.cat([f.z1 for f in flats]), torch.cat([f.c for f in flats]),
         l1, max(sv.max_iter for sv in solvers), min(ftols) if ftols else None, 20.0, bound=bound,
         jacobian_dtype=_joint_jacobian_dtype(solvers), screen=screen, warm=warm, warm_iter=warm_iter,
+        broyden=broyden,
     )
     parts = zip(*(t.split(sizes) for t in (solution.c, solution.energy, solution.num_iters)), strict=True)
     return [f.best(c, e, it) for f, (c, e, it) in zip(flats, parts, strict=True)]
@@ -216,6 +221,8 @@ class CoefficientSolver:
     ``warm_iter`` caps the iterations of warm starts (``infer_coefficients``' ``warm``; None: ``max_iter``): a pair
     that starts near its answer needs a few refining iterations, and the cap keeps the pairs that do not converge
     (M > d, where lambda alone picks among exact solutions) from running to ``max_iter`` (docs/method.md §1.3).
+    ``broyden``: warm starts compute their Jacobian once and update it by Broyden's rank-one rule after that, for
+    about half the cost of an iteration where M is large; cold starts always recompute it.
     """
 
     def __init__(
@@ -230,10 +237,12 @@ class CoefficientSolver:
         screen_after: int | None = None,
         screen_keep: int = 1,
         warm_iter: int | None = None,
+        broyden: bool = False,
     ) -> None:
         if warm_iter is not None and not 1 <= int(warm_iter) <= int(max_iter):
             raise ValueError(f"warm_iter={warm_iter} must lie in [1, max_iter={max_iter}], or be null for max_iter")
         self.warm_iter = None if warm_iter is None else int(warm_iter)
+        self.broyden = bool(broyden)
         if l1_weight < 0:
             raise ValueError(f"l1_weight must be >= 0, got {l1_weight}")
         if screen_after is not None and not 1 <= int(screen_after) < int(max_iter):
@@ -268,7 +277,7 @@ class CoefficientSolver:
             psi, z0, z1, l1_weight=self.l1_weight, restarts=self.restarts, c_init=c_init,
             max_iter=self.max_iter, ftol=self.ftol, max_coeff=self.max_coeff, generator=generator, dtype=self.dtype,
             jacobian_dtype=self.jacobian_dtype, screen_after=self.screen_after, screen_keep=self.screen_keep,
-            warm=warm, warm_iter=self.warm_iter,
+            warm=warm, warm_iter=self.warm_iter, broyden=self.broyden,
         )
 
     def __repr__(self) -> str:

@@ -60,12 +60,29 @@ def _residual(
     return torch.where(too_big, torch.full_like(e, math.inf), e), r
 
 
-def _jacobian(kernel: TransportApply, z0: Tensor, c: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """dr/dc (Q, d, M) at c (Q, M); only ever asked for at accepted points."""
+def _jacobian(kernel: TransportApply, z0: Tensor, c: Tensor, dtype: torch.dtype | None = None,
+              exact: Tensor | None = None) -> Tensor:
+    """dr/dc (Q, d, M) at c (Q, M); only ever asked for at accepted points. With ``exact`` (Q,) bool, only those
+    rows are computed; the others are left as zeros for the caller to fill (Broyden updates)."""
+    if exact is not None and not bool(exact.all()):
+        jac = torch.zeros(c.shape[0], z0.shape[-1], c.shape[-1], dtype=c.dtype, device=c.device)  # Psi's dtype
+        if bool(exact.any()):
+            jac[exact] = _jacobian(kernel, z0[exact], c[exact], dtype)
+        return jac
     # A Jacobian good to 1e-8 relative (1e-6 in float32) costs fewer tangent terms and changes no fixed
     # point: it only shapes the steps, while the energies that accept them and the converged c come from the
     # residual, in the solver's own dtype.
     return kernel.jacobian(z0, c, tangent_tol=1e-8, dtype=dtype)
+
+
+def _broyden_update(jac: Tensor, step: Tensor, dr: Tensor) -> Tensor:
+    """Broyden's rank-one update of the Jacobian (Q, d, M) after a step (Q, M) that changed the residual by dr (Q, d):
+    the least change to J that makes J step = dr. Near a warm start's answer the steps are small and J changes
+    little, so this replaces the M directional derivatives (M times a trial point's cost) by a few products."""
+    step = step.to(jac.dtype)
+    miss = dr.to(jac.dtype) - (jac @ step.unsqueeze(-1)).squeeze(-1)
+    return jac + miss.unsqueeze(-1) * step.unsqueeze(-2) / step.pow(2).sum(-1).clamp_min(
+        torch.finfo(jac.dtype).tiny)[:, None, None]
 
 
 def _soft(x: Tensor, t: float | Tensor) -> Tensor:
@@ -239,6 +256,7 @@ def solve(
     screen: Screen | None = None,
     warm: Tensor | None = None,
     warm_iter: Tensor | int | None = None,
+    broyden: Tensor | None = None,
 ) -> InferenceResult:
     """Proximal Levenberg-Marquardt on Q flattened problems: z0, z1 (Q, d), c (Q, M) initial, lambda (Q,),
     and an optional box |c_m| <= bound (Q,) (inf: none), kept by projecting every step onto it. ``screen``
@@ -246,7 +264,9 @@ def solve(
 
     ``warm`` (Q,) bool marks starts already near their answer (a cached c_hat, the sampled c of a posterior
     sample): they skip the L1 continuation, which would first pull them back towards c = 0, and stop after
-    ``warm_iter`` (an int, or (Q,) per pair) iterations if they have not converged before (docs/method.md §1.3)."""
+    ``warm_iter`` (an int, or (Q,) per pair) iterations if they have not converged before (docs/method.md §1.3).
+    ``broyden`` (Q,) bool: these pairs compute the Jacobian once, at their start, and then update it by Broyden's rule
+    (``_broyden_update``) instead of recomputing it after every accepted step."""
     q, m = c.shape
     limit = _limits(q, max_iter, warm, warm_iter, c.device)
     if bound is not None:
@@ -315,7 +335,10 @@ def solve(
         moved = accept.nonzero().squeeze(-1)
         if moved.numel():
             x_a, r_a = x[moved], r_new[moved]
-            jac_a = _jacobian(kernel, z0[moved], x_a, jacobian_dtype)
+            cheap = None if broyden is None else broyden[moved]
+            jac_a = _jacobian(kernel, z0[moved], x_a, jacobian_dtype, exact=None if cheap is None else ~cheap)
+            if cheap is not None and bool(cheap.any()):
+                jac_a[cheap] = _broyden_update(jac[moved][cheap], (x_a - c[moved])[cheap], (r_a - r[moved])[cheap])
             g_a = (jac_a.transpose(1, 2) @ r_a.unsqueeze(-1)).squeeze(-1)
             y_sharp = g_a - (jac[moved].transpose(1, 2) @ r_a.unsqueeze(-1)).squeeze(-1)
             s2[moved] = _secant_update(s2[moved], x_a - c[moved], g_a - g[moved], y_sharp)
@@ -333,6 +356,7 @@ def solve(
             idx, c, r, g, jac, s2, mu, nu, its, boost, decay, l1_weight, unboosted, limit = (
                 t[keep] for t in (idx, c, r, g, jac, s2, mu, nu, its, boost, decay, l1_weight, unboosted, limit)
             )
+            broyden = None if broyden is None else broyden[keep]
             bound = None if bound is None else bound[keep]
             z0, z1 = z0[keep], z1[keep]
             if idx.numel() == 0:
