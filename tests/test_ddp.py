@@ -52,6 +52,24 @@ def test_two_gloo_ranks_keep_psi_identical_after_every_step(tmp_path) -> None:
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "metrics.json").exists()
 
 
+@pytest.mark.e2e
+def test_warm_starts_keep_each_ranks_cache_in_the_checkpoint(tmp_path) -> None:
+    """Each rank caches the samples it saw; the checkpoint holds both caches, in rank order, and a resumed run on
+    two ranks takes its own back (docs/method.md §1.3)."""
+    run = tmp_path / "run"
+    common = [*DDP, "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "evaluate=false",
+              "~callbacks.latent_figures", "model.warm_starts=true", "model.prior_solver.warm_iter=3"]
+    proc = train(*common, "trainer.max_epochs=2", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    caches = torch.load(ckpt, weights_only=False)["vaells"]["coefficient_cache"]
+    seen = [set((c["step"] >= 0).nonzero().flatten().tolist()) for c in caches]
+    assert len(caches) == 2 and all(seen) and seen[0] != seen[1]
+    proc = train(f"ckpt_path={ckpt}", "trainer.max_epochs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(torch.load(ckpt, weights_only=False)["vaells"]["coefficient_cache"]) == 2
+
+
 def test_only_rank_zero_draws_figures(tmp_path) -> None:
     from vaells.training.figures import LatentFigures
 

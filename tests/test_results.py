@@ -204,16 +204,19 @@ def test_a_suite_runs_through_hydra_writes_results_and_resumes(tmp_path):
                      "    overrides: [trainer.max_epochs=1, ll_points=10, '~callbacks.latent_figures']\n")
     results = tmp_path / "results"
     command = [sys.executable, "-m", "vaells.results", "run", str(suite), "--results", str(results)]
-    # model.num_operators: a key of VAELLS's config only, so the VAE's job runs without it
-    first = subprocess.run(command + ["--jobs", "2", "model.num_operators=1", "ll_seed=0"], cwd=tmp_path,
-                           capture_output=True, text=True)
+    # model.num_operators: a key of VAELLS's config only, so the VAE's job runs without it; the solver's warm_iter is
+    # VAELLS's too, and null there: a key all the same
+    first = subprocess.run(command + ["--jobs", "2", "model.num_operators=1", "model.prior_solver.warm_iter=3",
+                                      "ll_seed=0"], cwd=tmp_path, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout + first.stderr
     vae = json.loads((results / "concentric_circles/vae/seed0.json").read_text())
     vaells = json.loads((results / "concentric_circles/vaells/seed0.json").read_text())
     assert vae["command"] == ("python train.py experiment=concentric_circles model=vae seed=0 "
                               "trainer.max_epochs=1 ll_points=10 ~callbacks.latent_figures ll_seed=0")
-    assert vaells["command"].endswith("~callbacks.latent_figures model.num_operators=1 ll_seed=0")
-    assert vae["suite_command"].endswith("--jobs 2 model.num_operators=1 ll_seed=0") and vae["threads"] == 1
+    assert vaells["command"].endswith("~callbacks.latent_figures model.num_operators=1 model.prior_solver.warm_iter=3 "
+                                      "ll_seed=0")
+    assert vae["suite_command"].endswith("--jobs 2 model.num_operators=1 model.prior_solver.warm_iter=3 ll_seed=0")
+    assert vae["threads"] == 1
     assert len(vae["commit"]) == 40 and vae["machine"]["cpus"] >= 1 and vae["wall_time_s"] > 0
     assert vae["metrics"]["train_epochs"] == 1 and "log_likelihood" in vaells["metrics"]
     assert not list(results.rglob("*.ckpt"))

@@ -38,10 +38,10 @@ class SuiteSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         config = self.hydra_context.config_loader.load_sweep_config(master_config=self.config,
                                                                     sweep_overrides=job_overrides)
-        keep = []
+        keep, absent = [], object()  # a sentinel: a key whose value is null is still a key of the config
         for override in parser.parse_overrides(self.shared):
             key = override.key_or_group
-            if override.is_add() or OmegaConf.select(config, key, default=None) is not None or \
+            if override.is_add() or OmegaConf.select(config, key, default=absent) is not absent or \
                     key in config.hydra.runtime.choices:
                 keep.append(override.input_line)
         return keep
