@@ -409,3 +409,33 @@ def test_float32_jacobian_is_close_to_float64() -> None:
     j32 = general.jacobian(z0, c, tangent_tol=1e-8, dtype=torch.float32)
     assert j32.dtype == torch.float64
     assert float((j32 - j64).abs().max() / j64.abs().max()) < 1e-5
+
+
+# -- affine operators (homogeneous coordinates) -----------------------------------------------------------------
+def test_affine_operators_turn_about_any_centre_and_keep_the_constant_coordinate() -> None:
+    op = TransportOperator(latent_dim=2, num_operators=1, affine=True)
+    assert op.latent_dim == 3 and torch.equal(op.psi[:, -1], torch.zeros(1, 3, dtype=torch.float64))
+    centre = torch.tensor([1.5, -0.5], dtype=torch.float64)
+    rotation = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    with torch.no_grad():  # d/dt z = R (z - centre): a rotation about the centre, not the origin
+        op.psi.zero_()
+        op.psi[0, :2, :2] = rotation
+        op.psi[0, :2, 2] = -rotation @ centre
+    z0 = torch.tensor([2.5, -0.5, 1.0], dtype=torch.float64)  # radius 1 about the centre
+    orbit = op.orbit(z0, 0, torch.linspace(0, 2 * math.pi, 9, dtype=torch.float64))
+    assert torch.allclose(orbit[:, 2], torch.ones(9, dtype=torch.float64))
+    assert torch.allclose((orbit[:, :2] - centre).norm(dim=-1), torch.ones(9, dtype=torch.float64))
+    assert torch.allclose(orbit[-1], z0, atol=1e-12)
+
+
+def test_no_step_moves_an_affine_operators_last_row() -> None:
+    op = TransportOperator(latent_dim=3, num_operators=2, affine=True)
+    opt = torch.optim.Adam(op.parameters(), lr=0.1)
+    z0 = torch.randn(8, 4, dtype=torch.float64)
+    z0[:, -1] = 1.0
+    for _ in range(3):
+        opt.zero_grad()
+        (op.transport(z0, torch.ones(8, 2)).pow(2).sum() + op.frobenius()).backward()
+        opt.step()
+    assert torch.equal(op.psi[:, -1], torch.zeros(2, 4, dtype=torch.float64))
+    assert not torch.equal(op.psi[:, :-1], op.psi_init[:, :-1])  # the rest did move

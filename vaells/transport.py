@@ -410,6 +410,10 @@ class TransportOperator(nn.Module):
         dtype: the dtype of Psi and of all transport math. float64 by default, because the matrix
             exponential of a slowly-learned generator and the coefficient inference built on it need the
             extra precision (coefficients reach O(100) for operators of norm O(0.01)).
+        affine: flows that turn about any centre, not only the origin (docs/method.md §1.5): the operators act on
+            homogeneous coordinates (z, 1), so ``self.latent_dim`` is latent_dim + 1, and the last row of every
+            Psi_m is zero and stays so (its gradient is masked), which keeps T(c) (z, 1) = (A' z + b', 1). The
+            model appends and drops the constant coordinate (``VAELLSModule.encode`` and ``decode``).
     """
 
     def __init__(
@@ -418,6 +422,7 @@ class TransportOperator(nn.Module):
         num_operators: int,
         init_std: float = 0.01,
         dtype: torch.dtype | str = torch.float64,
+        affine: bool = False,
     ) -> None:
         super().__init__()
         if int(num_operators) < 1:
@@ -428,10 +433,19 @@ class TransportOperator(nn.Module):
             raise ValueError(f"latent_dim must be >= 1 (got {latent_dim}); set model.latent_dim")
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype.removeprefix("torch."))
-        self.latent_dim = int(latent_dim)
+        self.affine = bool(affine)
+        self.latent_dim = int(latent_dim) + int(self.affine)
         self.num_operators = int(num_operators)
         shape = (self.num_operators, self.latent_dim, self.latent_dim)
-        self.psi = nn.Parameter(init_std * torch.randn(shape, dtype=dtype))
+        psi = init_std * torch.randn(shape, dtype=dtype)
+        if self.affine:
+            psi[:, -1, :] = 0.0
+        self.psi = nn.Parameter(psi)
+        if self.affine:  # no step may move the last row: the constant coordinate stays constant under every flow
+            mask = torch.ones(shape, dtype=dtype)
+            mask[:, -1, :] = 0.0
+            self.register_buffer("affine_mask", mask, persistent=False)
+            self.psi.register_hook(lambda grad: grad * self.affine_mask)
         # The starting point, kept so that ``drift`` can tell a learned operator from its random init.
         self.register_buffer("psi_init", self.psi.detach().clone())
 
@@ -506,4 +520,5 @@ class TransportOperator(nn.Module):
         return torch.linalg.matrix_norm(self.psi.detach() - self.psi_init) / torch.linalg.matrix_norm(self.psi_init)
 
     def extra_repr(self) -> str:
-        return f"latent_dim={self.latent_dim}, num_operators={self.num_operators}, dtype={self.psi.dtype}"
+        affine = ", affine (homogeneous coordinates)" if self.affine else ""
+        return f"latent_dim={self.latent_dim}, num_operators={self.num_operators}, dtype={self.psi.dtype}{affine}"

@@ -107,7 +107,9 @@ class VAELLSModule(ModelBase):
         super().__init__()
         if num_operators < 1:
             raise ValueError(f"model.num_operators must be >= 1, got {num_operators}")
-        if (transport.latent_dim, transport.num_operators) != (latent_dim, num_operators):
+        # Affine operators act on homogeneous coordinates: one more than the encoder's d (docs/method.md §1.5).
+        if (transport.latent_dim - int(getattr(transport, "affine", False)), transport.num_operators) != (
+                latent_dim, num_operators):
             raise ValueError(
                 f"the transport operator has d={transport.latent_dim}, M={transport.num_operators} but the model "
                 f"config says model.latent_dim={latent_dim}, model.num_operators={num_operators}"
@@ -133,7 +135,8 @@ class VAELLSModule(ModelBase):
                 "sample, nothing to screen; set model.posterior_solver.screen_after=null"
             )
         self.automatic_optimization = False
-        self.latent_dim = latent_dim
+        self.latent_dim = transport.latent_dim  # where z lives: d, or d + 1 with affine operators
+        self.affine = bool(getattr(transport, "affine", False))
         self.encoder, self.decoder, self.transport = encoder, decoder, transport
         self.posterior_solver, self.prior_solver = posterior_solver, prior_solver
         self.optimizer_factory, self.psi_optimizer_factory = optimizer, psi_optimizer
@@ -165,12 +168,16 @@ class VAELLSModule(ModelBase):
         return 1.0 / self.weights.post_l1
 
     def encode(self, x: Tensor) -> Tensor:
-        """mu = f_phi(x) / s in the transport dtype.  (B, *input_shape) -> (B, d)."""
-        return (self.encoder(x) / self.latent_scale).to(self.transport.psi.dtype)
+        """mu = f_phi(x) / s in the transport dtype, with the constant coordinate 1 appended for affine operators.
+        (B, *input_shape) -> (B, d) (or (B, d + 1))."""
+        mu = (self.encoder(x) / self.latent_scale).to(self.transport.psi.dtype)
+        return torch.cat([mu, torch.ones_like(mu[..., :1])], -1) if self.affine else mu
 
     def decode(self, z: Tensor) -> Tensor:
-        """g_theta(s z), in the decoder's dtype.  (B, d) -> (B, *input_shape)."""
+        """g_theta(s z), in the decoder's dtype; affine operators' constant coordinate is dropped first.
+        (B, d) (or (B, d + 1)) -> (B, *input_shape)."""
         param = next(self.decoder.parameters())
+        z = z[..., :-1] if self.affine else z
         return self.decoder((z * self.latent_scale).to(param.dtype))
 
     def anchor_latents(self) -> Tensor | None:
