@@ -209,8 +209,8 @@ def checkpoint_requests(path: str, batches: int, seed: int, root: str | None = N
     captured, solve = [], vaells_model.infer_jointly
 
     def capture(psi, requests):
-        captured.append((psi.detach(), [(sv, z0.detach(), z1.detach(), None if c0 is None else c0.detach())
-                                         for sv, z0, z1, c0 in requests]))
+        captured.append((psi.detach(), [(sv, z0.detach(), z1.detach(), None if c0 is None else c0.detach(), *warm)
+                                         for sv, z0, z1, c0, *warm in requests]))
         return solve(psi, requests)
 
     torch.manual_seed(seed)
@@ -226,7 +226,7 @@ def solve_captured(captured: list, seed: int, iteration_factor: int = 1) -> tupl
     elapsed, results = 0.0, []
     for psi, requests in captured:
         if iteration_factor != 1:
-            requests = [(_scaled(sv, iteration_factor), z0, z1, c0) for sv, z0, z1, c0 in requests]
+            requests = [(_scaled(sv, iteration_factor), *rest) for sv, *rest in requests]
         torch.manual_seed(seed)
         start = time.perf_counter()
         results.append(infer_jointly(psi, requests))

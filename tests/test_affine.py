@@ -4,7 +4,6 @@ drops it, and training moves Psi but never its last row."""
 from __future__ import annotations
 
 import torch
-
 from conftest import compose_train
 
 

@@ -171,6 +171,29 @@ def test_inference_benchmark_on_a_trained_checkpoint(capsys):
         inference.main(["--checkpoint", ckpt, "--batches", "0"])
 
 
+def test_inference_benchmark_warm_starts_on_a_trained_checkpoint(capsys):
+    """--warm-passes: warm starts from the cache against today's cold starts, on the same problems, pass after pass."""
+    inference = load_script(ROOT / "benchmarks" / "inference.py")
+    ckpt = str(ROOT / "tests" / "fixtures" / "swiss_roll_5b90a44" / "last.ckpt")
+    summary = run_main(inference, ["--checkpoint", ckpt, "--batches", "2", "--warm-passes", "2", "--warm-iter", "2"],
+                       capsys)
+    row = summary["warm_starts"][ckpt]
+    assert row["pairs"] == 2 * 2 * 30 * (4 + 1) and row["passes"] == 2 and row["warm_iter"] == 2
+    assert 0 < row["mean_iters"] <= 2 < row["cold_mean_iters"]  # every pair was in the cache after the first pass
+    for key in ("us_per_pair", "cold_us_per_pair", "energy_over_converged", "cold_energy_over_converged",
+                "energy_ratio_median"):
+        assert finite_positive(row[key]), (key, row[key])
+
+
+def test_step_benchmark_starts_a_warm_starting_model_warm(capsys):
+    """A model with warm starts fills its cache before the timed steps, as its second epoch would have."""
+    step = load_script(ROOT / "benchmarks" / "step.py")
+    summary = run_main(step, ["--experiments", "swiss_roll", "--steps", "1", "--warmup", "0", "--reference-steps", "0",
+                              "--overrides", "model.warm_starts=true"], capsys)
+    row = summary["settings"]["swiss_roll"]
+    assert row["warm_starts"] is True and row["cache_fill_s"] >= 0 and finite_positive(row["overhead"])
+
+
 def test_likelihood_benchmark_tiny(capsys):
     """A random-init natural-MNIST VAELLS on random images (no data): 2 points, K = 2, one anchor per class, the
     reference on one point."""
