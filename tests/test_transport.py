@@ -439,3 +439,21 @@ def test_no_step_moves_an_affine_operators_last_row() -> None:
         opt.step()
     assert torch.equal(op.psi[:, -1], torch.zeros(2, 4, dtype=torch.float64))
     assert not torch.equal(op.psi[:, :-1], op.psi_init[:, :-1])  # the rest did move
+
+
+def test_wrong_eigenvectors_of_a_nearly_defective_operator_are_not_used() -> None:
+    """LAPACK returns perfectly conditioned but wrong eigenvectors for this rank-one, nearly nilpotent u v^T (a case
+    hypothesis found): the eigenbasis shortcut must check them, and the solver then reaches the closed-form optimum
+    c* = -(w . z0) / ||w||^2 of T(c) z0 = z0 + c w, w = (v . z0) u."""
+    from vaells.inference import infer_coefficients
+    from vaells.transport import EigenTransportApply, transport_apply
+
+    u = torch.tensor([8.29753103e-35, 1.10177667e-233, 9.83736580e-01], dtype=torch.float64)
+    v = torch.tensor([-2.76180036e-37, 1.0, -4.33680869e-19], dtype=torch.float64)
+    psi = torch.outer(u, v)[None]
+    assert not isinstance(transport_apply(psi), EigenTransportApply)
+    z0 = torch.ones(1, 3, dtype=torch.float64)
+    w = (v @ z0[0]) * u
+    out = infer_coefficients(psi, z0, torch.zeros(1, 3, dtype=torch.float64), c_init=torch.zeros(1, 1),
+                             l1_weight=0.0, max_iter=50)
+    assert float(out.c) == pytest.approx(float(-(w @ z0[0]) / (w @ w)), rel=1e-8)

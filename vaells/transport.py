@@ -374,8 +374,9 @@ class Closed2x2TransportApply(TransportApply):
 
 def transport_apply(psi: Tensor, max_cond: float | None = None) -> TransportApply:
     """The fastest exact ``TransportApply`` for Psi (M, d, d): the eigenbasis when M = 1 and Psi's eigenvectors
-    are well conditioned (cond(V) eps <= 1e-11 by default, so that both results stay within ~1e-11 of exact),
-    the closed 2 x 2 form when d = 2, else scaling and squaring."""
+    are well conditioned (cond(V) eps <= 1e-11 by default, so that both results stay within ~1e-11 of exact) and
+    accurate (||Psi V - V diag(lambda)|| <= 1e-11 ||Psi|| ||V||), the closed 2 x 2 form when d = 2, else scaling and
+    squaring."""
     m, d, _ = psi.shape
     if m == 1:
         lam, v = torch.linalg.eig(psi[0])
@@ -383,7 +384,11 @@ def transport_apply(psi: Tensor, max_cond: float | None = None) -> TransportAppl
         finite = int(info) == 0 and bool(torch.isfinite(torch.view_as_real(v_inv)).all())
         cond = float(torch.linalg.matrix_norm(v, 2) * torch.linalg.matrix_norm(v_inv, 2)) if finite else math.inf
         limit = max_cond if max_cond is not None else 1e-11 / torch.finfo(psi.dtype).eps
-        if cond <= limit:
+        # A nearly defective Psi can come back with well-conditioned eigenvectors that are simply wrong (LAPACK's
+        # eig on a rank-one, nearly nilpotent u v^T): the residual Psi V - V diag(lambda) tells them apart.
+        residual = torch.linalg.matrix_norm(psi[0].to(v.dtype) @ v - v * lam)
+        accurate = bool(residual <= 1e-11 * torch.linalg.matrix_norm(psi[0]) * torch.linalg.matrix_norm(v))
+        if cond <= limit and accurate:
             return EigenTransportApply(psi, lam, v, v_inv)
     if d == 2:
         return Closed2x2TransportApply(psi)
