@@ -1,6 +1,6 @@
 """Evaluate a trained run on its test split: ``python evaluate.py ckpt_path=RUN`` (a run folder, a folder of runs
 such as ``outputs/train/swiss_roll/vaells`` for its newest run, or a ``.ckpt`` file; ``checkpoint=best`` for a
-folder's best checkpoint).
+folder's best checkpoint; ``split=val`` for the validation split).
 
 Rebuilds data and model from the run's own saved config, computes the metrics, writes ``metrics.json`` (with the
 run's experiment, model and overrides) and the figures into ``RUN/evaluations/<date_time>/``, and prints a table.
@@ -72,6 +72,7 @@ def main(cfg: DictConfig) -> None:
             run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data_overrides)
         check_data(run_cfg.data)  # e.g. a moved data file: its fix is +data_overrides.path, not data.path
         dm = build_datamodule(run_cfg)
+        dm.score_on(cfg.split)
         model = build_model(run_cfg, dm)
         model.load_state_dict(checkpoint["state_dict"])
         model.on_load_checkpoint(checkpoint)  # what the weights do not hold: the batch counter, as train.py's model
@@ -94,7 +95,7 @@ def main(cfg: DictConfig) -> None:
         save_matched_ring(model, dm, metrics, out / "figures")
     callback_states = checkpoint.get("callbacks", {})
     metrics = {**record, **metrics, **training_record(callback_states), **vaells_record(model, callback_states),
-               "ckpt_path": str(ckpt_path)}
+               "ckpt_path": str(ckpt_path), "split": cfg.split}
     path = write_metrics(metrics, out)
     print(format_metrics(metrics))
     print(f"\nWrote {path}")

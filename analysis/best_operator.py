@@ -2,20 +2,23 @@
 
     python analysis/best_operator.py RUN [RUN ...] [--pairs 100] [--evals 300]
 
-When a synthetic VAELLS run's transport paths miss (swiss roll, seed 2), is it the operator that training found, or
-the latent layout that the encoder gave it? For each run (M = 1, d = 2), with the trained encoder and decoder
-frozen, this fits the one operator Psi (a 2 x 2 matrix) by Nelder-Mead to the run's own validation pairs,
+When a synthetic VAELLS run's transport paths miss (swiss roll, seed 2; the manifold suite), is it the operator that
+training found, or the latent layout that the encoder gave it? For each run, with the trained encoder and decoder
+frozen, this fits the operators Psi (M matrices of d x d) by Nelder-Mead to the run's own validation pairs,
 minimising ``path_manifold_error`` (the journey's score, ``vaells.evaluation.paths.path_scores``), and then scores
 it once on the test pairs that ``evaluate.py`` draws:
 
 - ``learned``: Psi as trained (the run's own ``path_*`` numbers, recomputed);
 - ``best Psi``: the best linear flow for this layout. If it meets the targets where the learned one does not, the
   operator's training fell short; if it does not, no linear flow fits this layout;
-- ``best Psi + centre``: the same with the flow turning about a fitted centre b, z -> b + expm(A(c)) (z - b). A
-  linear flow turns about the origin only, so this shows what an off-centre layout costs;
+- ``best Psi + centre`` (skipped with ``--no-centre``): the same with the flow turning about a fitted centre b,
+  z -> b + expm(A(c)) (z - b). A linear flow turns about the origin only, so this shows what an off-centre layout
+  costs;
 - ``linear``: straight latent paths.
 
-It fits on validation pairs and scores on test pairs. Results from it are recorded in docs/notes/, never here.
+It fits on validation pairs and scores on test pairs. Nelder-Mead searches the M d^2 numbers of Psi from the learned
+one: enough for d = 2, a local search only for the suite's 32 (M = 2, d = 4), so there a miss of ``best Psi`` bounds
+what a nearby operator does, not every operator. Results from it are recorded in docs/notes/, never here.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class Pairs:
 
 def scores(model, pairs: Pairs, manifold: torch.Tensor, psi: torch.Tensor | None, centre: torch.Tensor,
            steps: int = 10) -> dict[str, float]:
-    """The path scores of the flow with operator ``psi`` (1, 2, 2) about ``centre`` (2,); None: straight lines."""
+    """The path scores of the flow with operators ``psi`` (M, d, d) about ``centre`` (d,); None: straight lines."""
     with torch.no_grad():
         if psi is None:
             path = linear_interpolation(pairs.z0, pairs.z1, steps)
@@ -63,26 +66,34 @@ def scores(model, pairs: Pairs, manifold: torch.Tensor, psi: torch.Tensor | None
         return path_scores(model, path, pairs.z1, manifold, pairs.x1)
 
 
-def fit(model, pairs: Pairs, manifold: torch.Tensor, start: np.ndarray, with_centre: bool, evals: int) -> np.ndarray:
+def fit(model, pairs: Pairs, manifold: torch.Tensor, start: torch.Tensor, with_centre: bool,
+        evals: int) -> np.ndarray:
+    """Nelder-Mead from the learned ``start`` (M, d, d): the flattened Psi, then (``with_centre``) the centre."""
+    shape, d = start.shape, start.shape[-1]
+    n = start.numel()
+
     def loss(params: np.ndarray) -> float:
-        psi = torch.as_tensor(params[:4], dtype=torch.float64).view(1, 2, 2)
-        centre = torch.as_tensor(params[4:] if with_centre else np.zeros(2))
+        psi = torch.as_tensor(params[:n], dtype=torch.float64).view(shape)
+        centre = torch.as_tensor(params[n:] if with_centre else np.zeros(d))
         if not torch.isfinite(psi).all() or float(psi.norm()) < 1e-6:
             return 1e9
         return scores(model, pairs, manifold, psi.to(model.transport.psi.dtype), centre)["manifold_error"]
 
-    x0 = np.concatenate([start, np.zeros(2)]) if with_centre else start
-    step = np.concatenate([np.full(4, 0.3 * np.abs(start).max()), np.full(2, 0.1)]) if with_centre else \
-        np.full(4, 0.3 * np.abs(start).max())
+    flat = start.flatten().double().numpy()
+    x0 = np.concatenate([flat, np.zeros(d)]) if with_centre else flat
+    step = np.full(n, 0.3 * np.abs(flat).max())
+    if with_centre:
+        step = np.concatenate([step, np.full(d, 0.1)])
     simplex = np.vstack([x0, x0 + np.diag(step)])
     return minimize(loss, x0, method="Nelder-Mead", options={"maxfev": evals, "initial_simplex": simplex}).x
 
 
-def analyse(path: str, num_pairs: int, evals: int) -> list[dict]:
+def analyse(path: str, num_pairs: int, evals: int, centre: bool) -> list[dict]:
     run = vaells.load(path)
     model = copy.deepcopy(run.model).eval()
-    if model.transport.psi.shape[0] != 1 or model.transport.psi.shape[-1] != 2:
-        raise SystemExit(f"{path}: this analysis needs M = 1 and d = 2, got Psi {tuple(model.transport.psi.shape)}")
+    if getattr(model.transport, "affine", False):
+        raise SystemExit(f"{path}: affine operators already fit a centre; this analysis takes linear ones")
+    d = model.transport.psi.shape[-1]
     dm = run.datamodule
     dm.setup("fit")
     dm.setup("test")
@@ -90,32 +101,37 @@ def analyse(path: str, num_pairs: int, evals: int) -> list[dict]:
     val = Pairs(model, *split(dm, "validate"), num_pairs, seed=1)
     test = Pairs(model, *split(dm, "test"), num_pairs, seed=0)  # evaluate.py's pairs (path_manifold_errors, seed 0)
     learned = model.transport.psi.detach().clone()
-    zero = torch.zeros(2)
-    rows = [{"run": path, "variant": "learned", **scores(model, test, manifold, learned, zero)},
+    zero = torch.zeros(d)
+    rows = [{"run": path, "variant": "learned", **scores(model, test, manifold, learned, zero),
+             "eigenvalue": leading_eigenvalue(learned)},
             {"run": path, "variant": "linear", **scores(model, test, manifold, None, zero)}]
-    start = learned.flatten().double().numpy()
-    for with_centre in (False, True):
-        params = fit(model, val, manifold, start, with_centre, evals)
-        psi = torch.as_tensor(params[:4]).view(1, 2, 2).to(learned.dtype)
-        centre = torch.as_tensor(params[4:]) if with_centre else zero
-        eig = torch.linalg.eigvals(psi[0].double())
+    for with_centre in (False, True) if centre else (False,):
+        params = fit(model, val, manifold, learned, with_centre, evals)
+        n = learned.numel()
+        psi = torch.as_tensor(params[:n]).view(learned.shape).to(learned.dtype)
+        fitted = torch.as_tensor(params[n:]) if with_centre else zero
         rows.append({"run": path, "variant": "best Psi + centre" if with_centre else "best Psi",
-                     **scores(model, test, manifold, psi, centre), "eigenvalue": [float(eig[0].real),
-                                                                                abs(float(eig[0].imag))],
-                     "centre": [float(v) for v in centre]})
-    eig = torch.linalg.eigvals(learned[0].double())
-    rows[0]["eigenvalue"] = [float(eig[0].real), abs(float(eig[0].imag))]
+                     **scores(model, test, manifold, psi, fitted), "eigenvalue": leading_eigenvalue(psi),
+                     "centre": [float(v) for v in fitted]})
     return rows
+
+
+def leading_eigenvalue(psi: torch.Tensor) -> list[float]:
+    """a and |w| of the first operator's eigenvalue with the largest |imaginary part| (its turn, if any)."""
+    eig = torch.linalg.eigvals(psi[0].double())
+    top = eig[eig.imag.abs().argmax()]
+    return [float(top.real), abs(float(top.imag))]
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run folders or checkpoints of synthetic VAELLS runs (M = 1, d = 2)")
+    parser.add_argument("runs", nargs="+", help="run folders or checkpoints of synthetic VAELLS runs")
     parser.add_argument("--pairs", type=int, default=100, help="same-class pairs per split (evaluate.py: 100)")
     parser.add_argument("--evals", type=int, default=300, help="Nelder-Mead evaluations per fit")
+    parser.add_argument("--no-centre", dest="centre", action="store_false", help="skip the fit with a centre")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = [row for path in args.runs for row in analyse(path, args.pairs, args.evals)]
+    rows = [row for path in args.runs for row in analyse(path, args.pairs, args.evals, args.centre)]
     print(f"{'run':<60} {'variant':<18} {'path_manifold_error':>20} {'endpoint_error':>15} {'eigenvalue a, |w|':>20}")
     for r in rows:
         eig = ", ".join(f"{v:.4f}" for v in r.get("eigenvalue", [])) or "-"

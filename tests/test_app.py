@@ -254,13 +254,14 @@ def test_last_checkpoint_is_the_final_epoch_and_a_short_run_has_a_best(tmp_path:
 # -- evaluate.py ----------------------------------------------------------------------------------------
 @pytest.mark.e2e
 @pytest.mark.parametrize(
-    ("experiment", "data_override", "num_test", "structure_keys"),
+    ("experiment", "data_override", "num_test", "num_val", "structure_keys"),
     [
-        ("concentric_circles", "data.num_test_per_class=40", 80, ["knn_accuracy"]),
-        ("swiss_roll", "data.num_test=60", 60, ["trustworthiness", "continuity"]),
+        ("concentric_circles", "data.num_test_per_class=40", 80, 200, ["knn_accuracy"]),
+        ("swiss_roll", "data.num_test=60", 60, 200, ["trustworthiness", "continuity"]),
     ],
 )
-def test_evaluate_a_short_run(experiment, data_override, num_test, structure_keys, tmp_path: Path, cli) -> None:
+def test_evaluate_a_short_run(experiment, data_override, num_test, num_val, structure_keys, tmp_path: Path,
+                              cli) -> None:
     import evaluate
 
     run = tmp_path / "run"
@@ -284,3 +285,12 @@ def test_evaluate_a_short_run(experiment, data_override, num_test, structure_key
     for key in ["mse", "sample_mse", "vaells_objective", *structure_keys]:
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
     assert "mse" in stdout
+    assert metrics["split"] == "test"
+    # split=val scores the validation split with the same metrics, for choosing settings away from the test split
+    code, _, err = cli(evaluate.main, f"ckpt_path={ckpt}", "split=val", "ll_points=0", f"hydra.run.dir={out}_val")
+    assert code == 0, err
+    val = json.loads((tmp_path / "eval_val" / "metrics.json").read_text())
+    assert (val["split"], val["num_test"]) == ("val", num_val)
+    assert set(metrics) - {"log_likelihood", "log_likelihood_stderr", "log_likelihood_k", "log_likelihood_points",
+                           "log_likelihood_release_recipe", "log_likelihood_release_recipe_stderr"} <= set(val)
+    assert val["mse"] != metrics["mse"]

@@ -42,8 +42,22 @@ def test_phase_weights() -> None:
         assert (w.post_transport, w.post_l1, w.dictionary) == (3.0, 5.0, 13.0)
 
 
+@pytest.mark.parametrize("alternate", [False, True])
+def test_the_networks_prior_weight_ramps_geometrically_after_the_warm_up(alternate: bool) -> None:
+    s = Schedule(warmup_steps=10, alternate=alternate, net_prior_scale=0.01, joint_prior_scale=0.01,
+                 prior_ramp_steps=20, prior_ramp_to=1.0)
+    phase = NET if alternate else JOINT
+    scales = [s.weights(BASE, phase, step).prior_transport / BASE.prior_transport for step in (10, 20, 30, 100)]
+    assert scales == pytest.approx([0.01, 0.1, 1.0, 1.0])  # geometric: halfway is 0.1
+    assert s.weights(BASE, PSI, 30) == s.weights(BASE, PSI, 10)  # operator batches keep their weights
+    assert "rising to 1x over 20 batches" in s.describe()
+    flat = Schedule(warmup_steps=10, alternate=alternate, net_prior_scale=0.01, joint_prior_scale=0.01)
+    assert flat.weights(BASE, phase, 100).prior_transport == pytest.approx(0.01 * BASE.prior_transport)
+
+
 @pytest.mark.parametrize("kwargs", [{"warmup_steps": -1}, {"alternate": True, "net_steps": 0},
-                                    {"alternate": True, "psi_steps": 0}])
+                                    {"alternate": True, "psi_steps": 0}, {"prior_ramp_steps": -1},
+                                    {"prior_ramp_to": 1.0, "joint_prior_scale": 0.0}])
 def test_schedule_rejects_bad_settings(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(k for k in kwargs if k != "alternate")):
         Schedule(**kwargs)
@@ -212,3 +226,28 @@ def test_encode_decode_dtypes(trained) -> None:
         assert mu.shape == (4, 2) and mu.dtype == torch.float64
         x_hat = model.decode(mu)
     assert x_hat.shape == x.shape and x_hat.dtype == torch.float32
+
+
+def test_a_run_with_normalised_operators_and_a_prior_ramp(tmp_path) -> None:
+    """The module hands each batch its place on the ramp, and every accepted Psi step is put back to the norm."""
+    cfg = compose_train([*OVERRIDES, "model.schedule.alternate=false", "model.schedule.joint_prior_scale=0.01",
+                         "model.schedule.prior_ramp_steps=4", "model.schedule.prior_ramp_to=1.0",
+                         "model.transport.norm=0.3", "model.psi_rule.lr=0.05"], tmp_path)
+    pl.seed_everything(0)
+    dm = build_datamodule(cfg)
+    model = build_model(cfg, dm)
+    start = model.transport.psi.detach().clone()
+    assert torch.allclose(model.transport.norms(), torch.full((1,), 0.3, dtype=torch.float64))
+    prior_weights = []
+    forward_terms = model.forward_terms
+
+    def recording(batch, weights):
+        prior_weights.append(weights.prior_transport / model.weights.prior_transport)
+        return forward_terms(batch, weights)
+
+    model.forward_terms = recording
+    _trainer(1, Recorder()).fit(model, datamodule=dm)
+    # batch 0 is the warm-up (no prior); then batches 1..6 are 0..5 batches after it, on a ramp of 4
+    assert prior_weights[:6] == pytest.approx([0.01 * 100 ** (k / 4) for k in range(4)] + [1.0, 1.0])
+    assert model.psi_rule.accepted > 0 and not torch.allclose(model.transport.psi, start)
+    assert torch.allclose(model.transport.norms(), torch.full((1,), 0.3, dtype=torch.float64))

@@ -441,6 +441,35 @@ def test_no_step_moves_an_affine_operators_last_row() -> None:
     assert not torch.equal(op.psi[:, :-1], op.psi_init[:, :-1])  # the rest did move
 
 
+# -- normalised operators --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("affine", [False, True])
+def test_normalised_operators_start_and_stay_at_their_norm_after_any_step(affine: bool) -> None:
+    op = TransportOperator(latent_dim=3, num_operators=2, norm=0.5, affine=affine)
+    assert torch.allclose(op.norms(), torch.full((2,), 0.5, dtype=torch.float64))
+    assert torch.allclose(torch.linalg.matrix_norm(op.psi_init), torch.full((2,), 0.5, dtype=torch.float64))
+    start = op.psi.detach().clone()
+    opt = torch.optim.SGD(op.parameters(), lr=0.5)
+    z0 = torch.randn(8, op.latent_dim, dtype=torch.float64)
+    opt.zero_grad()
+    (op.transport(z0, torch.ones(8, 2)).pow(2).sum() + op.frobenius()).backward()
+    opt.step()
+    assert not torch.allclose(op.norms(), torch.full((2,), 0.5, dtype=torch.float64))  # the step moved the norm
+    op.renormalise_()
+    assert torch.allclose(op.norms(), torch.full((2,), 0.5, dtype=torch.float64))
+    assert not torch.allclose(op.psi, start)  # and kept its direction's change
+    if affine:
+        assert torch.equal(op.psi[:, -1], torch.zeros(2, 4, dtype=torch.float64))
+
+
+def test_free_operators_are_left_alone_and_a_bad_norm_is_refused() -> None:
+    op = TransportOperator(latent_dim=3, num_operators=2)
+    before = op.psi.detach().clone()
+    op.renormalise_()
+    assert torch.equal(op.psi, before)
+    with pytest.raises(ValueError, match="model.transport.norm"):
+        TransportOperator(latent_dim=3, num_operators=2, norm=0.0)
+
+
 def test_wrong_eigenvectors_of_a_nearly_defective_operator_are_not_used() -> None:
     """LAPACK returns perfectly conditioned but wrong eigenvectors for this rank-one, nearly nilpotent u v^T (a case
     hypothesis found): the eigenbasis shortcut must check them, and the solver then reaches the closed-form optimum

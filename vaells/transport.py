@@ -419,6 +419,10 @@ class TransportOperator(nn.Module):
             homogeneous coordinates (z, 1), so ``self.latent_dim`` is latent_dim + 1, and the last row of every
             Psi_m is zero and stays so (its gradient is masked), which keeps T(c) (z, 1) = (A' z + b', 1). The
             model appends and drops the constant coordinate (``VAELLSModule.encode`` and ``decode``).
+        norm: normalised operators (docs/method.md §1.6): every Psi_m starts at, and is put back to, this
+            Frobenius norm after each step (``renormalise_``). c and Psi trade scale freely (T depends on c_m Psi_m
+            only), so fixing ||Psi_m|| puts the whole scale in c, where the Laplace scale, the L1 weights and
+            the coefficient bound are set. None (the paper): Psi's norm is free, held only by the dictionary term.
     """
 
     def __init__(
@@ -428,8 +432,12 @@ class TransportOperator(nn.Module):
         init_std: float = 0.01,
         dtype: torch.dtype | str = torch.float64,
         affine: bool = False,
+        norm: float | None = None,
     ) -> None:
         super().__init__()
+        if norm is not None and not float(norm) > 0:
+            raise ValueError(f"model.transport.norm must be > 0 or null (got {norm}); e.g. 1.0")
+        self.norm = None if norm is None else float(norm)
         if int(num_operators) < 1:
             raise ValueError(
                 f"num_operators must be >= 1 (got {num_operators}); set model.num_operators to a positive integer"
@@ -446,6 +454,7 @@ class TransportOperator(nn.Module):
         if self.affine:
             psi[:, -1, :] = 0.0
         self.psi = nn.Parameter(psi)
+        self.renormalise_()
         if self.affine:  # no step may move the last row: the constant coordinate stays constant under every flow
             mask = torch.ones(shape, dtype=dtype)
             mask[:, -1, :] = 0.0
@@ -453,6 +462,14 @@ class TransportOperator(nn.Module):
             self.psi.register_hook(lambda grad: grad * self.affine_mask)
         # The starting point, kept so that ``drift`` can tell a learned operator from its random init.
         self.register_buffer("psi_init", self.psi.detach().clone())
+
+    @torch.no_grad()
+    def renormalise_(self) -> None:
+        """Put every Psi_m back to Frobenius norm ``norm`` (a no-op without one): a projected step on the sphere,
+        as for the unit-norm atoms of a sparse-coding dictionary."""
+        if self.norm is not None:
+            self.psi.mul_(self.norm / torch.linalg.matrix_norm(self.psi).clamp_min(torch.finfo(self.psi.dtype).tiny)
+                          .view(-1, 1, 1))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # Checkpoints written before psi_init existed: their start is unknown, so drift reads NaN.
@@ -526,4 +543,6 @@ class TransportOperator(nn.Module):
 
     def extra_repr(self) -> str:
         affine = ", affine (homogeneous coordinates)" if self.affine else ""
-        return f"latent_dim={self.latent_dim}, num_operators={self.num_operators}, dtype={self.psi.dtype}{affine}"
+        norm = f", norm={self.norm:g}" if self.norm is not None else ""
+        return (f"latent_dim={self.latent_dim}, num_operators={self.num_operators}, dtype={self.psi.dtype}{affine}"
+                f"{norm}")

@@ -23,6 +23,7 @@ RANGES: dict[str, Callable[[Any], bool]] = {
     "in (0, 1]": lambda v: 0 < v <= 1,
     "in [0, 1)": lambda v: 0 <= v < 1,
     "float32 or float64": lambda v: v in ("float32", "float64", "torch.float32", "torch.float64"),
+    "test or val": lambda v: v in ("test", "val"),
     "a list of [low, high] ranges with low <= high": lambda v: len(v) > 0 and all(
         len(pair) == 2 and pair[0] <= pair[1] for pair in v),
     "a pair [beta1, beta2], each in [0, 1)": lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
@@ -76,6 +77,8 @@ class TransportSchema:
     num_operators: int = bound(">= 1", "M, the number of transport operators")
     init_std: float = bound(">= 0", "the spread of Psi's random start")
     dtype: str = bound("float32 or float64", "the transport operator's precision")
+    affine: bool = typed()
+    norm: float | None = bound("> 0", "the Frobenius norm every Psi_m is held at (null: free)", "1.0")
 
 
 @dataclass
@@ -120,6 +123,8 @@ class ScheduleSchema:
     net_prior_scale: float = bound(">= 0", "rho_n, the prior's scale in network batches")
     psi_recon_scale: float = bound(">= 0", "rho_p, the reconstruction's scale in operator batches")
     joint_prior_scale: float = bound(">= 0", "the prior's scale in joint batches")
+    prior_ramp_steps: int = bound(">= 0", "the batches after warm-up over which the networks' prior scale grows")
+    prior_ramp_to: float | None = bound("> 0", "the networks' prior scale at the ramp's end (null: no ramp)", "1.0")
 
 
 @dataclass
@@ -238,6 +243,7 @@ class RunSchema:
     ll_samples: int = bound(">= 1", "K importance samples per point", "100")
     ll_seed: int = typed()
     checkpoint: str = typed()
+    split: str = bound("test or val", "the split that evaluate.py scores", "val")
     trainer: TrainerSchema = typed()
     data: DataSchema = typed()
     backbone: BackboneSchema = typed()

@@ -32,3 +32,14 @@ class AnchoredDataModule(pl.LightningDataModule):
     input_shape: tuple[int, ...] = ()
     #: True when each batch carries its own ``"anchors"`` (rotated MNIST) instead of class-matched ones.
     per_sample_anchors: bool = False
+
+    def score_on(self, split: str) -> None:
+        """Serve ``split`` ("test" or "val") wherever the test split is read (``test_dataloader`` and ``test_set``),
+        so that every metric of ``vaells.evaluation`` can score the validation split: settings are chosen there,
+        and the test split is scored once."""
+        if split not in ("test", "val"):
+            raise ValueError(f"split={split!r} is not a split to score; use split=test (the default) or split=val")
+        self.setup("fit")
+        self.setup("test")
+        if split == "val":
+            self.test_set = self.val_set

@@ -26,6 +26,12 @@ class Schedule:
         joint_prior_scale: prior multiplier in joint mode. The release leaves rho_n applied for the whole
             run when it does not alternate (its reset only happens in the alternating branch), so the
             circle experiment sets this to rho_n = 0.01 explicitly.
+        prior_ramp_steps, prior_ramp_to: a prior weight on the networks that grows after the warm-up
+            (docs/method.md §2.1): over the ``prior_ramp_steps`` batches after the warm-up, the network
+            phases' prior multiplier (net_prior_scale or joint_prior_scale) rises geometrically to
+            ``prior_ramp_to``, and stays there. The operators learn the layout of the early, weakly pulled
+            encoder first; the encoder is then drawn towards their orbits. ``prior_ramp_to=None`` (the paper):
+            no ramp.
     """
 
     warmup_steps: int = 0
@@ -35,10 +41,20 @@ class Schedule:
     net_prior_scale: float = 1.0
     psi_recon_scale: float = 1.0
     joint_prior_scale: float = 1.0
+    prior_ramp_steps: int = 0
+    prior_ramp_to: float | None = None
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.prior_ramp_steps < 0:
+            raise ValueError(f"model.schedule.prior_ramp_steps must be >= 0, got {self.prior_ramp_steps}")
+        if self.prior_ramp_to is not None:
+            start = self.net_prior_scale if self.alternate else self.joint_prior_scale
+            if not (self.prior_ramp_to > 0 and start > 0):
+                raise ValueError(f"model.schedule.prior_ramp_to={self.prior_ramp_to} ramps geometrically from the "
+                                 f"network phases' prior multiplier ({start}); both must be > 0. Set "
+                                 f"prior_ramp_to=null for no ramp")
         if self.alternate and (self.net_steps < 1 or self.psi_steps < 1):
             raise ValueError(f"net_steps and psi_steps must be >= 1 when alternating, got {self.net_steps}, "
                              f"{self.psi_steps}")
@@ -54,9 +70,13 @@ class Schedule:
 
     def describe_vaells(self) -> str:
         """The phases after the warm-up in words, for the run's log."""
+        ramp = ""
+        if self.prior_ramp_to is not None:
+            ramp = (f", the networks' prior weight rising to {self.prior_ramp_to:g}x over {self.prior_ramp_steps} "
+                    "batches")
         if self.alternate:
-            return f"alternating {self.net_steps} network / {self.psi_steps} operator batches"
-        return "network and operators updated together at every batch"
+            return f"alternating {self.net_steps} network / {self.psi_steps} operator batches{ramp}"
+        return f"network and operators updated together at every batch{ramp}"
 
     def describe(self) -> str:
         """The whole schedule in words, for the run's log."""
@@ -64,13 +84,21 @@ class Schedule:
             return f"{self.warmup_steps} warm-up batches (the autoencoder alone), then {self.describe_vaells()}"
         return self.describe_vaells()
 
-    def weights(self, base: LossWeights, phase: str) -> LossWeights:
+    def ramp(self, start: float, step: int) -> float:
+        """The network phases' prior multiplier at batch ``step``: ``start``, or on its way to ``prior_ramp_to``."""
+        if self.prior_ramp_to is None:
+            return start
+        done = 1.0 if self.prior_ramp_steps == 0 else (step - self.warmup_steps) / self.prior_ramp_steps
+        return start * (self.prior_ramp_to / start) ** min(max(done, 0.0), 1.0)
+
+    def weights(self, base: LossWeights, phase: str, step: int = 0) -> LossWeights:
+        """The loss weights of a ``phase`` batch; ``step`` (the batch) places it on the prior ramp, if any."""
         if phase == NET:
-            return base.scaled(prior=self.net_prior_scale)
+            return base.scaled(prior=self.ramp(self.net_prior_scale, step))
         if phase == PSI:
             return base.scaled(recon=self.psi_recon_scale)
         if phase == JOINT:
-            return base.scaled(prior=self.joint_prior_scale)
+            return base.scaled(prior=self.ramp(self.joint_prior_scale, step))
         return base
 
 

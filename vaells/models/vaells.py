@@ -396,7 +396,7 @@ class VAELLSModule(ModelBase):
                 out, weights, terms = None, None, {"recon": self._warmup_loss(batch)}
                 loss = terms["recon"]
             else:
-                weights = self.schedule.weights(self.weights, phase)
+                weights = self.schedule.weights(self.weights, phase, step)
                 out = self.forward_terms(batch, weights)
                 terms = out.terms
                 loss = terms["loss"]
@@ -460,6 +460,7 @@ class VAELLSModule(ModelBase):
     def _step_operators(self, opt_psi, out: ForwardTerms, weights: LossWeights, terms: dict, step: int) -> None:
         if self.psi_rule is None:
             opt_psi.step()
+            self.transport.renormalise_()
             return
         # The release's rule: take the step, re-evaluate the operator loss with the same c_hat, undo it if
         # the loss went up. Only Psi is judged; the anchors' small step is always kept.
@@ -471,6 +472,7 @@ class VAELLSModule(ModelBase):
         old_loss = self._rank_mean(terms["loss"].detach() - terms["recon"].detach())
         opt_psi.param_groups[0]["lr"] = self.psi_rule.lr
         opt_psi.step()
+        self.transport.renormalise_()  # normalised operators are judged where they will be
         new_loss = self._rank_mean(self._operator_loss(out, eps, weights))
         accepted = bool(torch.isfinite(new_loss)) and bool(new_loss <= old_loss)
         if self._trainer is not None and self.trainer.world_size > 1:
