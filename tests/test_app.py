@@ -205,6 +205,8 @@ def test_unknown_experiment_exits_nonzero_listing_the_options(tmp_path: Path) ->
         (["model.closest_anchor=false", "model.prior_solver.screen_after=4"], "screen_after"),
         (["model.prior_solver.screen_after=20"], "screen_after"),
         (["model.prior_solver.screen_keep=0"], "screen_keep"),
+        (["model.transport.norm=0"], "norm"),
+        (["model.schedule.prior_ramp_to=-1"], "prior_ramp_to"),
     ],
 )
 def test_bad_settings_stop_before_training(overrides, field, tmp_path: Path, cli, no_fit) -> None:
@@ -294,3 +296,5 @@ def test_evaluate_a_short_run(experiment, data_override, num_test, num_val, stru
     assert set(metrics) - {"log_likelihood", "log_likelihood_stderr", "log_likelihood_k", "log_likelihood_points",
                            "log_likelihood_release_recipe", "log_likelihood_release_recipe_stderr"} <= set(val)
     assert val["mse"] != metrics["mse"]
+    code, _, err = cli(evaluate.main, f"ckpt_path={ckpt}", "split=train", f"hydra.run.dir={out}_train")
+    assert code != 0 and "split" in err and "Traceback" not in err, err
