@@ -252,7 +252,7 @@ def fill_cache(model, dm, counter: int) -> float:
     dm.setup("fit")
     model.train()
     model.batch_counter = counter
-    weights = model.schedule.weights(model.weights, model.schedule.phase(counter))
+    weights = model.schedule.weights(model.weights, model.schedule.phase(counter), counter)
     with torch.no_grad():
         for batch in dm.train_dataloader():
             model.forward_terms(batch, weights)
